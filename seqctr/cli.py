@@ -1,0 +1,223 @@
+"""The one entry point: `seqctr data|embed|train|evaluate|tune|models|serve|score|submit|jobs|demo`.
+
+    seqctr data generate --out work/data           # synthetic log with known truth
+    seqctr data build --events work/data/events    # samples via Ray Data
+    seqctr embed --items work/data/items           # BERT item embeddings via Ray Data
+    seqctr train --config configs/default.yaml --set train.epochs=3
+
+Every command reads one `ExperimentConfig` (YAML + `--set a.b=value`), validated once here; a bad
+key or value stops with a message that names the flag. Heavy imports (Ray, torch) happen inside the
+commands so `seqctr --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from seqctr.platform.config import ConfigError, ExperimentConfig, load_config, resolve_paths
+
+app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
+config_app = typer.Typer(help="Show the resolved experiment config.", no_args_is_help=True)
+data_app = typer.Typer(help="Generate, validate and build behaviour data.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment YAML (default: configs/default.yaml).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set train.lr=1e-3 (repeatable).")
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the platform's expected errors into one clear line and exit code 2 (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from seqctr.platform.checkpoint import CheckpointError
+
+        expected: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, FileNotFoundError)
+        try:
+            from seqctr.platform.schema import DataError
+
+            expected += (DataError,)
+        except ImportError:  # pragma: no cover - schema always ships; keeps `--help` working mid-refactor
+            pass
+        try:
+            return fn(*args, **kwargs)
+        except expected as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def get_config(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
+    return resolve_paths(load_config(config, overrides))
+
+
+def init_ray() -> None:
+    """Connect to RAY_ADDRESS when set (a cluster, or inside `ray job submit`), else start local Ray."""
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
+
+
+def echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- config
+@config_app.command("show")
+@user_errors
+def config_show(config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
+    """Print the resolved config (file + overrides + defaults) as YAML."""
+    typer.echo(load_config(config, set_).to_yaml())
+
+
+# --------------------------------------------------------------------------- data
+@data_app.command("generate")
+@user_errors
+def data_generate(
+    out: Path = typer.Option(Path("work/data"), help="Output folder (events/ and items/)."),
+    users: int | None = typer.Option(None, help="Users (default: data.synthetic.users)."),
+    items: int | None = typer.Option(None, help="Items (default: data.synthetic.items)."),
+    events: int | None = typer.Option(None, help="Events (default: data.synthetic.events)."),
+    seed: int | None = typer.Option(None, help="Seed (default: data.synthetic.seed)."),
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Write a synthetic behaviour log with known click probabilities (p_true)."""
+    from seqctr.platform.synthetic import generate_synthetic, oracle_auc
+
+    cfg = get_config(config, set_)
+    given = {"users": users, "items": items, "events": events, "seed": seed}
+    syn = cfg.data.synthetic.model_copy(update={k: v for k, v in given.items() if v is not None})
+    syn = type(syn).model_validate(syn.model_dump())
+    report = generate_synthetic(syn, out)
+    report["oracle_auc"] = oracle_auc(report["events_path"])
+    echo_json(report)
+
+
+@data_app.command("validate")
+@user_errors
+def data_validate(
+    path: str = typer.Argument(..., help="Parquet file, folder or URI."),
+    kind: str = typer.Option("auto", help="events | items | auto (by columns)."),
+) -> None:
+    """Check a behaviour log or item table against the data contract."""
+    from seqctr.platform.schema import list_parquet_files, validate_events, validate_items
+
+    if kind == "auto":
+        import pyarrow.parquet as pq
+
+        from seqctr.platform.schema import DataError
+
+        first = list_parquet_files(path)[0]
+        try:
+            kind = "items" if "text" in pq.read_schema(first).names else "events"
+        except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+            raise DataError(f"{first}: not a readable Parquet file ({err})") from None
+    if kind not in ("events", "items"):
+        raise ConfigError(f"--kind must be events, items or auto, not {kind!r}")
+    summary = validate_events(path) if kind == "events" else validate_items(path)
+    typer.secho(f"ok: {path}", fg=typer.colors.GREEN)
+    echo_json(summary)
+
+
+@data_app.command("build")
+@user_errors
+def data_build(
+    events: str | None = typer.Option(None, help="Behaviour log (default: data.events)."),
+    out: str | None = typer.Option(None, help="Samples folder (default: data.samples)."),
+    items: str | None = typer.Option(None, help="Item table for the item index (default: data.items)."),
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Build time-ordered samples (history, target, label) and train/val/test splits with Ray Data."""
+    from seqctr.platform.samples import build_and_write
+
+    cfg = get_config(config, set_)
+    init_ray()
+    items_path = items or cfg.data.items
+    report = build_and_write(
+        events or cfg.data.events,
+        out or cfg.data.samples,
+        max_seq_len=cfg.data.max_seq_len,
+        train_fraction=cfg.data.train_fraction,
+        val_fraction=cfg.data.val_fraction,
+        items_path=items_path if Path(items_path).exists() or "://" in items_path else None,
+    )
+    echo_json(report)
+
+
+# --------------------------------------------------------------------------- embed
+@app.command("embed")
+@user_errors
+def embed(
+    items: str | None = typer.Option(None, help="Item table (default: data.items)."),
+    out: str | None = typer.Option(None, help="Output folder (default: embed.out)."),
+    model: str | None = typer.Option(None, help="'packaged', a BERT folder or id (default: embed.model)."),
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Embed every item text with the BERT encoder (Ray Data actor pool); cached by fingerprint."""
+    from seqctr.platform.embeddings import embed_items
+
+    cfg = get_config(config, set_)
+    update = {k: v for k, v in {"out": out, "model": model}.items() if v}
+    embed_cfg = cfg.embed.model_copy(update=update)
+    init_ray()
+    echo_json(embed_items(items or cfg.data.items, embed_cfg))
+
+
+# --------------------------------------------------------------------------- train / evaluate
+@app.command("train")
+@user_errors
+def train(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue the run train.run_name from its checkpoint."),
+    init_from: str | None = typer.Option(
+        None, "--init-from", help="Warm start from a checkpoint dir or registry://NAME@ALIAS."
+    ),
+) -> None:
+    """Train the CTR model with Ray Train; evaluate the best checkpoint on test and write a report."""
+    from seqctr.training.trainer import run_training
+
+    cfg = get_config(config, set_)
+    init_ray()
+    result = run_training(cfg, resume=resume, init_from=init_from)
+    echo_json({k: v for k, v in result.items() if k != "history"})
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate(
+    checkpoint: str = typer.Option(..., help="Checkpoint dir or registry://NAME@ALIAS."),
+    events: str | None = typer.Option(None, help="A behaviour log to score (default: the test split)."),
+) -> None:
+    """Score any log with any checkpoint and print AUC, GAUC, logloss, calibration (+ oracle AUC)."""
+    from seqctr.training.evaluation import evaluate_log
+
+    init_ray()
+    echo_json(evaluate_log(checkpoint, events))
+
+
+def main() -> None:  # pragma: no cover
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

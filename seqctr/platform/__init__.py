@@ -1,0 +1,1 @@
+"""What every stage shares: config, schema, data, embeddings, features, model, checkpoints, metrics."""

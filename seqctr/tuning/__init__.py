@@ -1,0 +1,1 @@
+"""Ray Tune: the search space and the campaign runner."""
