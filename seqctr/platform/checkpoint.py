@@ -80,6 +80,7 @@ def save_checkpoint(
     metrics: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
     train_state: dict[str, Any] | None = None,
+    extra_json: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint directory atomically (temp folder, then one rename)."""
     path = Path(path)
@@ -92,6 +93,8 @@ def save_checkpoint(
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         (tmp / "item_index.json").write_text(item_index_json)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2))
         if optimizer is not None:
             tensors, meta = _flatten_optimizer(optimizer.state_dict())
             save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -141,6 +144,7 @@ class CheckpointContents:
     model_state: dict[str, torch.Tensor]
     text_tables: dict[str, torch.Tensor]
     metrics: dict[str, Any]
+    extra_json: dict[str, Any] = field(default_factory=dict)
     train_state: dict[str, Any] = field(default_factory=dict)
     optimizer_state: dict[str, Any] | None = None
 
@@ -166,6 +170,10 @@ def read_checkpoint(path: str | Path, with_optimizer: bool = False) -> Checkpoin
         text_tables=text_tables,
         metrics=metrics,
     )
+    known = {"config.json", "item_index.json", "metrics.json", "train_state.json", MANIFEST}
+    for name in files:
+        if name.endswith(".json") and name not in known:
+            contents.extra_json[name] = json.loads((path / name).read_text())
     if "train_state.json" in files:
         train_state = json.loads((path / "train_state.json").read_text())
         opt_meta = train_state.pop("optimizer", None)

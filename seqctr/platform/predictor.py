@@ -1,0 +1,78 @@
+"""Rebuild a model from a checkpoint and score encoded samples: shared by evaluation and serving."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seqctr.platform.checkpoint import CheckpointContents, read_checkpoint
+from seqctr.platform.config import ExperimentConfig
+from seqctr.platform.features import ItemIndex
+from seqctr.platform.model import CTRModel
+
+BERT_CONFIG_FILE = "bert_config.json"
+MODEL_INPUTS = ("hist_idx", "hist_bucket", "hist_len", "target_idx", "target_bucket")
+
+
+@dataclass
+class LoadedModel:
+    """A verified checkpoint turned back into an eval-mode model plus its feature maps."""
+
+    model: CTRModel
+    config: ExperimentConfig
+    index: ItemIndex
+    metrics: dict[str, Any]
+    path: Path
+    device: torch.device
+
+    @torch.inference_mode()
+    def predict(self, arrays: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+        """Click probabilities for encoded samples (the output of features.encode_samples)."""
+        n = len(arrays["target_idx"])
+        out = np.empty(n, dtype=np.float32)
+        for start in range(0, n, batch_size):
+            batch = {k: torch.as_tensor(arrays[k][start : start + batch_size], device=self.device)
+                     for k in MODEL_INPUTS}
+            out[start : start + batch_size] = torch.sigmoid(self.model(batch)).float().cpu().numpy()
+        return out
+
+
+def model_from_contents(contents: CheckpointContents, device: str | torch.device = "cpu") -> CTRModel:
+    cfg = contents.config
+    index_rows = len(ItemIndex.from_json(contents.item_index_json))
+    table = next(iter(contents.text_tables.values()), None)
+    bert, tokens = None, None
+    if cfg.model.text and cfg.model.bert_trainable_layers > 0:
+        from transformers import BertConfig, BertModel
+
+        bert = BertModel(BertConfig.from_dict(contents.extra_json[BERT_CONFIG_FILE]), add_pooling_layer=False)
+        token_keys = sorted(k for k in contents.model_state if k.endswith(("item_input_ids", "item_mask")))
+        tokens = tuple(contents.model_state[k] for k in token_keys)  # (input_ids, mask)
+    model = CTRModel(
+        cfg.model,
+        num_items=index_rows,
+        text_dim=int(table.shape[1]) if table is not None else 0,
+        text_table=table,
+        bert=bert,
+        item_tokens=tokens,
+    )
+    model.load_state_dict(contents.full_state())
+    return model.to(device).eval()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Verify every file's sha256, then rebuild the model; no pickle is ever loaded."""
+    contents = read_checkpoint(path)
+    device = torch.device(device)
+    return LoadedModel(
+        model=model_from_contents(contents, device),
+        config=contents.config,
+        index=ItemIndex.from_json(contents.item_index_json),
+        metrics=contents.metrics,
+        path=Path(path),
+        device=device,
+    )

@@ -1,0 +1,122 @@
+"""What a training run needs besides data: the item index, the text table, BERT tokens.
+
+Prepared once in the driver (one campaign shares them across all its trials) and handed to workers
+as Ray object references, so large tables travel through the object store, not through configs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from seqctr.platform.checkpoint import read_checkpoint
+from seqctr.platform.config import ExperimentConfig
+from seqctr.platform.embeddings import embed_items, load_bert, load_embeddings, tokenize_texts
+from seqctr.platform.features import ItemIndex
+from seqctr.platform.model import CTRModel
+from seqctr.platform.schema import list_parquet_files
+
+BERT_CONFIG_FILE = "bert_config.json"
+
+
+@dataclass
+class ModelAssets:
+    """Everything but the weights that rebuilds the model; shared by every worker and trial."""
+
+    index_json: str
+    text_dim: int
+    text_table: Any = None  # ObjectRef[np.ndarray (num_items, Dt)] or None (id-only)
+    item_tokens: Any = None  # ObjectRef[(input_ids, attention_mask)] when fine-tuning BERT
+    init_from: str | None = None  # local checkpoint dir to warm start from
+    extra_json: dict[str, Any] = field(default_factory=dict)  # extra JSON files in each checkpoint
+
+
+def _resolve(value: Any) -> Any:
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+def aligned_text_table(index: ItemIndex, ids: list[str], matrix: np.ndarray) -> np.ndarray:
+    """Row i = text embedding of index item i; padding, unknown and text-less items are zeros."""
+    table = np.zeros((len(index), matrix.shape[1]), dtype=np.float32)
+    rows = index.lookup(ids)
+    known = rows >= 2
+    table[rows[known]] = matrix[known]
+    return table
+
+
+def read_item_texts(items_path: str) -> tuple[list[str], list[str]]:
+    ids: list[str] = []
+    texts: list[str] = []
+    for file in list_parquet_files(items_path):
+        table = pq.read_table(file, columns=["item_id", "text"])
+        ids += [str(x) for x in table.column("item_id").to_pylist()]
+        texts += table.column("text").to_pylist()
+    return ids, texts
+
+
+def prepare_assets(cfg: ExperimentConfig, index: ItemIndex, init_from: str | None = None) -> ModelAssets:
+    """Embed item texts (cached), align them with the index, tokenise for fine-tuning if asked."""
+    assets = ModelAssets(index_json=index.to_json(), text_dim=0, init_from=init_from)
+    if not cfg.model.text:
+        return assets
+    report = embed_items(cfg.data.items, cfg.embed)
+    ids, matrix, _meta = load_embeddings(report["path"])
+    assets.text_dim = int(matrix.shape[1])
+    assets.text_table = ray.put(aligned_text_table(index, ids, matrix))
+    if cfg.model.bert_trainable_layers > 0:
+        item_ids, texts = read_item_texts(cfg.data.items)
+        by_row = [""] * len(index)
+        for row, text in zip(index.lookup(item_ids), texts, strict=True):
+            if row >= 2:
+                by_row[row] = text
+        input_ids, mask = tokenize_texts(cfg.embed.model, by_row, cfg.embed.max_length)
+        assets.item_tokens = ray.put((input_ids, mask))
+        bert = load_bert(cfg.embed.model)
+        assets.extra_json[BERT_CONFIG_FILE] = bert.config.to_dict()
+    return assets
+
+
+def build_model_from_assets(cfg: ExperimentConfig, assets: ModelAssets) -> CTRModel:
+    """A fresh model (pretrained BERT weights when fine-tuning) on CPU."""
+    num_items = len(ItemIndex.from_json(assets.index_json))
+    table = _resolve(assets.text_table)
+    bert, tokens = None, None
+    if cfg.model.text and cfg.model.bert_trainable_layers > 0:
+        bert = load_bert(cfg.embed.model)
+        input_ids, mask = _resolve(assets.item_tokens)
+        tokens = (torch.as_tensor(input_ids), torch.as_tensor(mask))
+    return CTRModel(
+        cfg.model,
+        num_items=num_items,
+        text_dim=assets.text_dim,
+        text_table=torch.as_tensor(table) if table is not None else None,
+        bert=bert,
+        item_tokens=tokens,
+    )
+
+
+def warm_start_state(checkpoint_dir: str, model: CTRModel, index: ItemIndex) -> dict[str, torch.Tensor]:
+    """Weights of a parent checkpoint for a model over an extended index.
+
+    Known items keep their rows (the index was extended, never reordered); hashed id buckets are
+    shared; text tables and token buffers come from the new item table, so they are not copied.
+    Tensors whose shape changed (e.g. a different model size) are skipped.
+    """
+    parent = read_checkpoint(checkpoint_dir)
+    own = model.state_dict()
+    state = {}
+    for key, tensor in parent.model_state.items():
+        if key in own and own[key].shape == tensor.shape:
+            state[key] = tensor
+    return state
+
+
+def bert_config_json(assets: ModelAssets) -> str | None:
+    cfg = assets.extra_json.get(BERT_CONFIG_FILE)
+    return json.dumps(cfg) if cfg else None

@@ -1,0 +1,188 @@
+"""The Ray Train per-worker loop: build the model, train, evaluate exactly on val, checkpoint.
+
+`train_loop_per_worker(loop_config)` is what TorchTrainer runs on every worker. The device comes
+from Ray Train, DDP from `prepare_model`, data from `ray.train.get_dataset_shard`. Val metrics are
+computed over the whole split: every worker gathers all predictions, so every worker makes the same
+early-stopping decision and rank 0 writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from seqctr.platform.checkpoint import read_checkpoint, save_checkpoint
+from seqctr.platform.config import ExperimentConfig, config_from_dict
+from seqctr.platform.features import ItemIndex
+from seqctr.platform.metrics import evaluate
+from seqctr.training.assets import ModelAssets, build_model_from_assets, warm_start_state
+from seqctr.training.augment import augment_history
+from seqctr.training.ingest import to_model_inputs
+
+
+def make_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    groups = model.param_groups(cfg.train.lr, cfg.train.bert_lr, cfg.train.weight_decay)
+    if cfg.train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=cfg.train.lr)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision on CPU (CPU bf16 is slower for LSTMs)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _gather(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """All workers' predictions, concatenated (exact metrics over the whole split)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return arrays
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, arrays)
+    return {k: np.concatenate([p[k] for p in parts]) for k in arrays}
+
+
+@torch.no_grad()
+def predict_shard(model: nn.Module, shard: Any, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+    model.eval()
+    labels, probs, users = [], [], []
+    for batch in shard.iter_torch_batches(batch_size=batch_size, device=device):
+        with autocast(device):
+            logits = model(to_model_inputs(batch))
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        labels.append(batch["label"].cpu().numpy())
+        users.append(batch["user"].cpu().numpy())
+    if not labels:
+        return {"label": np.zeros(0, np.float32), "prob": np.zeros(0, np.float32), "user": np.zeros(0, np.int64)}
+    return {"label": np.concatenate(labels), "prob": np.concatenate(probs), "user": np.concatenate(users)}
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    shard: Any,
+    cfg: ExperimentConfig,
+    bucket_table: torch.Tensor,
+    device: torch.device,
+    generator: torch.Generator,
+    seed: int,
+) -> dict[str, float]:
+    model.train()
+    loss_fn = nn.BCEWithLogitsLoss()
+    t = cfg.train
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    batches = shard.iter_torch_batches(
+        batch_size=t.batch_size, device=device, local_shuffle_buffer_size=4 * t.batch_size,
+        local_shuffle_seed=seed,
+    )
+    for batch in batches:
+        inputs = to_model_inputs(batch)
+        inputs["hist_idx"], inputs["hist_bucket"], inputs["hist_len"] = augment_history(
+            inputs["hist_idx"], inputs["hist_bucket"], inputs["hist_len"], bucket_table,
+            t.truncate_prob, t.drop_prob, t.replace_prob, generator,
+        )
+        with autocast(device):
+            logits = model(inputs)
+        loss = loss_fn(logits.float(), batch["label"].float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, t.grad_clip)
+        optimizer.step()
+        n = batch["label"].shape[0]
+        total_loss += float(loss.detach()) * n
+        seen += n
+    elapsed = time.perf_counter() - start
+    return {"train_loss": total_loss / max(seen, 1), "train_samples": seen, "train_seconds": elapsed}
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    cfg = config_from_dict(loop_config["experiment"])
+    assets: ModelAssets = loop_config["assets"]
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    threads = cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker))
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.train.seed)  # same init on every worker; DDP also broadcasts rank 0's weights
+    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
+    device = ray.train.torch.get_device()
+
+    model = build_model_from_assets(cfg, assets)
+    index = ItemIndex.from_json(assets.index_json)
+    bucket_table = torch.as_tensor(index.buckets(cfg.model.id_buckets), dtype=torch.long, device=device)
+
+    start_epoch, best_auc, bad_epochs, history = 0, -math.inf, 0, []
+    optimizer_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # restart after a failure, or --resume
+        with checkpoint.as_directory() as ckpt_dir:
+            contents = read_checkpoint(ckpt_dir, with_optimizer=True)
+        model.load_state_dict(contents.full_state())
+        optimizer_state = contents.optimizer_state
+        state = contents.train_state
+        start_epoch, best_auc = state["epoch"] + 1, state["best_auc"]
+        bad_epochs, history = state["bad_epochs"], state["history"]
+        print(f"[seqctr] worker {rank}: resumed from {checkpoint.path} at epoch {start_epoch}")
+    elif assets.init_from:
+        model.load_state_dict(warm_start_state(assets.init_from, model, index), strict=False)
+        print(f"[seqctr] worker {rank}: warm start from {assets.init_from}")
+
+    model = ray.train.torch.prepare_model(model)
+    optimizer = make_optimizer(getattr(model, "module", model), cfg)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if epoch >= start_epoch and bad_epochs >= cfg.train.patience:
+            break
+        stats = train_epoch(
+            model, optimizer, train_shard, cfg, bucket_table, device, generator, cfg.train.seed + epoch
+        )
+        preds = _gather(predict_shard(model, val_shard, 4 * cfg.train.batch_size, device))
+        val = evaluate(preds["label"], preds["prob"], preds["user"])
+        samples_per_s = stats["train_samples"] / max(stats["train_seconds"], 1e-9)
+        metrics = {
+            "epoch": epoch,
+            **{f"val_{k}": float(v) for k, v in val.items()},
+            "train_loss": stats["train_loss"],
+            "samples_per_s": samples_per_s * ctx.get_world_size(),
+        }
+        val_auc = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -math.inf
+        improved = val_auc > best_auc
+        best_auc = max(best_auc, val_auc)
+        bad_epochs = 0 if improved else bad_epochs + 1
+        history.append(metrics)
+        metrics["should_stop"] = bad_epochs >= cfg.train.patience
+        train_state = {"epoch": epoch, "best_auc": best_auc, "bad_epochs": bad_epochs, "history": history}
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                path = os.path.join(tmp, "checkpoint")
+                save_checkpoint(
+                    path, model=model, config=cfg, item_index_json=assets.index_json, metrics=metrics,
+                    optimizer=optimizer, train_state=train_state, extra_json=assets.extra_json,
+                )
+                ckpt = ray.train.Checkpoint.from_directory(path)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:03d}")
+        if rank == 0:
+            print(
+                f"[seqctr] epoch {epoch}: loss {stats['train_loss']:.4f} val_auc {metrics['val_auc']:.4f} "
+                f"gauc {metrics['val_gauc']:.4f} logloss {metrics['val_logloss']:.4f} "
+                f"{metrics['samples_per_s']:.0f} samples/s"
+            )

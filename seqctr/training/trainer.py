@@ -1,0 +1,162 @@
+"""TorchTrainer wiring: `seqctr train` end to end.
+
+    seqctr train --config configs/default.yaml [--set train.epochs=3] [--resume] [--init-from DIR]
+
+Builds (or reuses) the samples and the item embeddings, runs Ray Train, then evaluates the best
+checkpoint (by val AUC) on the test split and writes a report beside the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from seqctr.platform.config import ExperimentConfig
+from seqctr.platform.features import ItemIndex
+from seqctr.platform.samples import build_and_write, read_samples
+from seqctr.training.assets import ModelAssets, prepare_assets
+from seqctr.training.ingest import encode_dataset
+from seqctr.training.loop import train_loop_per_worker
+
+
+def ensure_samples(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Build the sample splits unless the same inputs were already built (build_and_write caches)."""
+    items = cfg.data.items if (os.path.exists(cfg.data.items) or "://" in cfg.data.items) else None
+    return build_and_write(
+        cfg.data.events,
+        cfg.data.samples,
+        max_seq_len=cfg.data.max_seq_len,
+        train_fraction=cfg.data.train_fraction,
+        val_fraction=cfg.data.val_fraction,
+        items_path=items,
+    )
+
+
+def run_index(cfg: ExperimentConfig, init_from: str | None) -> ItemIndex:
+    """The run's item index; a warm start extends its parent's index so known items keep their rows."""
+    index = ItemIndex.load(os.path.join(cfg.data.samples, "item_index.json"))
+    if not init_from:
+        return index
+    from seqctr.platform.checkpoint import read_checkpoint
+
+    parent = ItemIndex.from_json(read_checkpoint(init_from).item_index_json)
+    return parent.extend(index.ids[2:])
+
+
+def make_datasets(cfg: ExperimentConfig, index_json: str) -> dict[str, ray.data.Dataset]:
+    return {
+        split: encode_dataset(
+            read_samples(cfg.data.samples, split), index_json, cfg.model.id_buckets, cfg.data.max_seq_len
+        )
+        for split in ("train", "val")
+    }
+
+
+def make_trainer(
+    cfg: ExperimentConfig,
+    assets: ModelAssets,
+    datasets: dict[str, ray.data.Dataset],
+    callbacks: list[Any] | None = None,
+    storage_path: str | None = None,
+    name: str | None = None,
+) -> TorchTrainer:
+    """One TorchTrainer from the config (also used by every Tune trial)."""
+    t = cfg.train
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"experiment": cfg.to_dict(), "assets": assets},
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=name or t.run_name,
+            storage_path=storage_path or t.storage_path,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=t.keep_best, checkpoint_score_attribute="val_auc", checkpoint_score_order="max"
+            ),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            callbacks=callbacks,
+        ),
+        datasets=datasets,
+    )
+
+
+def archive_previous_run(run_dir: Path) -> Path | None:
+    """A fresh run never silently continues (or destroys) an old one: the old folder is moved aside."""
+    if not run_dir.exists():
+        return None
+    archive = run_dir.parent / ".archive" / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(run_dir), str(archive))
+    return archive
+
+
+def best_checkpoint_path(result: Any) -> str:
+    scored = [(m.get("val_auc", float("-inf")), c.path) for c, m in (result.best_checkpoints or [])]
+    if not scored:
+        if result.checkpoint is None:
+            raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
+        return result.checkpoint.path
+    return max(scored, key=lambda s: s[0])[1]
+
+
+def run_training(
+    cfg: ExperimentConfig, resume: bool = False, init_from: str | None = None
+) -> dict[str, Any]:
+    """Train, pick the best checkpoint by val AUC, evaluate it on test, write the report."""
+    from seqctr.training.evaluation import evaluate_checkpoint_on_split
+    from seqctr.training.report import write_report
+
+    started = time.perf_counter()
+    run_dir = Path(cfg.train.storage_path) / cfg.train.run_name
+    if not resume:
+        moved = archive_previous_run(run_dir)
+        if moved:
+            print(f"[seqctr] previous run moved to {moved}")
+    elif not run_dir.exists():
+        raise FileNotFoundError(f"--resume: no run to resume at {run_dir} (train.run_name)")
+    parent_dir = None
+    if init_from:
+        from seqctr.platform.registry import resolve_checkpoint_uri
+
+        parent_dir = resolve_checkpoint_uri(init_from, cfg)
+    print("[seqctr] stage 1/4: samples")
+    ensure_samples(cfg)
+    print("[seqctr] stage 2/4: item embeddings and feature maps")
+    index = run_index(cfg, parent_dir)
+    assets = prepare_assets(cfg, index, init_from=parent_dir)
+    if parent_dir:
+        assets.extra_json["lineage.json"] = {"parent": init_from, "parent_dir": parent_dir}
+    print(f"[seqctr] stage 3/4: Ray Train ({cfg.train.num_workers} worker(s), use_gpu={cfg.train.use_gpu})")
+    trainer = make_trainer(cfg, assets, make_datasets(cfg, assets.index_json))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    best = best_checkpoint_path(result)
+    print(f"[seqctr] stage 4/4: test evaluation of {best}")
+    test = evaluate_checkpoint_on_split(best, cfg.data.samples, "test")
+    history = _history(result.checkpoint.path if result.checkpoint else best)
+    report = write_report(run_dir / "report", best, test, history)
+    return {
+        "run_dir": str(run_dir),
+        "best_checkpoint": best,
+        "test": test["metrics"],
+        "val": {k: v for k, v in history[-1].items() if k.startswith("val_")} if history else {},
+        "epochs_run": len(history),
+        "history": history,
+        "report": report,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _history(checkpoint_dir: str) -> list[dict[str, Any]]:
+    from seqctr.platform.checkpoint import read_checkpoint
+
+    return read_checkpoint(checkpoint_dir).train_state.get("history", [])
