@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from seqctr.platform.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, verify_checkpoint
+from seqctr.platform.config import ExperimentConfig
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+        self.register_buffer("text_table", torch.arange(6, dtype=torch.float32).reshape(3, 2))
+
+
+def _save(tmp_path, **kw):
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model.lin(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    path = save_checkpoint(
+        tmp_path / "ckpt", model=model, config=ExperimentConfig(), item_index_json='{"ids": []}',
+        metrics={"val_auc": 0.7}, optimizer=opt, train_state={"epoch": 3}, **kw,
+    )
+    return path, model, opt
+
+
+def test_round_trip_restores_weights_optimizer_and_state(tmp_path):
+    path, model, opt = _save(tmp_path, extra_json={"bert_config.json": {"hidden_size": 4}})
+    contents = read_checkpoint(path, with_optimizer=True)
+    fresh = Tiny()
+    fresh.load_state_dict(contents.full_state())
+    assert torch.equal(fresh.lin.weight, model.lin.weight)
+    assert torch.equal(fresh.text_table, model.text_table)
+    assert "text_table" not in contents.model_state  # the item table lives in its own file
+    assert contents.train_state["epoch"] == 3
+    assert contents.metrics == {"val_auc": 0.7}
+    assert contents.extra_json["bert_config.json"] == {"hidden_size": 4}
+    opt2 = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    opt2.load_state_dict(contents.optimizer_state)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_no_pickle_files(tmp_path):
+    path, _, _ = _save(tmp_path)
+    names = {p.name for p in path.iterdir()}
+    assert all(n.endswith((".json", ".safetensors")) for n in names), names
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert set(manifest["files"]) == names - {"manifest.json"}
+
+
+def test_flipped_byte_is_refused_with_the_file_name(tmp_path):
+    path, _, _ = _save(tmp_path)
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 mismatch in model.safetensors"):
+        read_checkpoint(path)
+
+
+def test_missing_file_is_refused(tmp_path):
+    path, _, _ = _save(tmp_path)
+    (path / "item_index.json").unlink()
+    with pytest.raises(CheckpointError, match="missing file item_index.json"):
+        verify_checkpoint(path)
+
+
+def test_failed_save_leaves_previous_checkpoint_intact(tmp_path):
+    path, _, _ = _save(tmp_path)
+    before = (path / "manifest.json").read_text()
+
+    class Boom(Tiny):
+        def state_dict(self, *a, **k):  # noqa: ANN002, ANN003
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint(path, model=Boom(), config=ExperimentConfig(), item_index_json="{}", metrics={})
+    assert (path / "manifest.json").read_text() == before
+    verify_checkpoint(path)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+
+from seqctr.platform.config import ConfigError, ExperimentConfig, config_from_dict, load_config, resolve_paths
+
+
+def test_default_and_tiny_configs_load(repo_root):
+    default = load_config(repo_root / "configs" / "default.yaml")
+    tiny = load_config(repo_root / "configs" / "tiny.yaml")
+    assert default.embed.model == "packaged"
+    assert tiny.embed.model == "tiny"
+    assert tiny.data.synthetic.events < default.data.synthetic.events
+
+
+def test_overrides_are_typed_from_yaml():
+    cfg = load_config(None, ["train.lr=1e-4", "model.attention=true", "model.mlp_hidden=[8, 4]"])
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.model.attention is True
+    assert cfg.model.mlp_hidden == [8, 4]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lrr=1", "unknown key 'train.lrr'"),
+        ("trian.lr=1", "unknown key 'trian'"),
+        ("train.lr=abc", "train.lr (flag --set train.lr=...)"),
+        ("train.lr=-1", "train.lr"),
+        ("model.sequence=transformer", "model.sequence"),
+        ("data.train_fraction=0.95", "data.train_fraction + data.val_fraction"),
+        ("train.lr", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  hiden_size: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'model.hiden_size'"):
+        load_config(path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_round_trip_through_json_dict():
+    cfg = load_config(None, ["model.hidden_size=17"])
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+    assert cfg.with_overrides({"train.epochs": 9}).train.epochs == 9
+
+
+def test_resolve_paths_makes_local_paths_absolute_and_keeps_uris(tmp_path):
+    cfg = ExperimentConfig().with_overrides({"data.events": "s3://bucket/events", "data.items": "rel/items"})
+    resolved = resolve_paths(cfg, tmp_path)
+    assert resolved.data.events == "s3://bucket/events"
+    assert resolved.data.items == str(tmp_path / "rel" / "items")
