@@ -212,6 +212,41 @@ def evaluate(
     echo_json(evaluate_log(checkpoint, events))
 
 
+# --------------------------------------------------------------------------- tune
+@app.command("tune")
+@user_errors
+def tune_cmd(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    samples: int | None = typer.Option(None, "--samples", help="Trials (default: tune.num_samples)."),
+    max_concurrent: int | None = typer.Option(None, "--max-concurrent", help="Trials at once."),
+    resume: str | None = typer.Option(None, "--resume", help="Resume the campaign of this name."),
+    no_register: bool = typer.Option(False, "--no-register", help="Do not register the winner."),
+) -> None:
+    """Run a Ray Tune campaign (ASHA + Optuna) of Ray Train trials; register and maybe promote the best."""
+    from seqctr.tuning.campaign import run_campaign
+
+    cfg = get_config(config, set_)
+    init_ray()
+    echo_json(run_campaign(cfg, samples, max_concurrent, resume, register=not no_register))
+
+
+# --------------------------------------------------------------------------- demo
+@app.command("demo")
+@user_errors
+def demo(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    serve_seconds: float = typer.Option(0, help="Keep the endpoint up this long after the demo (0 = stop)."),
+) -> None:
+    """The main job end to end: generate, build, embed, train, tune, promote, serve, score."""
+    from seqctr.demo import run_demo
+
+    cfg = get_config(config, set_)
+    init_ray()
+    run_demo(cfg, serve_seconds=serve_seconds)
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()

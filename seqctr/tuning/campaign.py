@@ -1,0 +1,209 @@
+"""Tuning campaigns: Ray Tune trials that each run a real TorchTrainer (the Ray Train V2 pattern).
+
+    seqctr tune --config configs/default.yaml --samples 8 --max-concurrent 1
+    seqctr tune --config configs/default.yaml --resume campaign
+
+A trial function builds the trial's config (base + dotted overrides), then a TorchTrainer whose
+`TuneReportCallback` forwards each epoch's metrics to Tune, so ASHA can stop weak trials early on
+val AUC. Samples, item embeddings and encoded datasets are prepared once and shared by every trial.
+At the end the best trial's best checkpoint is evaluated on test and registered; `production` moves
+only when it beats the current production.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from seqctr.platform.config import ConfigError, ExperimentConfig, config_from_dict
+from seqctr.tuning.space import build_search_space, trial_config
+
+METRIC, MODE = "val_auc", "max"
+
+
+def train_trial(params: dict[str, Any], base: dict[str, Any], assets: Any, datasets: Any, trials_root: str) -> None:
+    """One Tune trial = one Ray Train run, in its own folder under the campaign."""
+    from seqctr.training.trainer import make_trainer
+
+    cfg = trial_config(config_from_dict(base), params)
+    trial_id = tune.get_context().get_trial_id()
+    trainer = make_trainer(
+        cfg, assets, datasets, callbacks=[TuneReportCallback()], storage_path=trials_root, name=trial_id
+    )
+    trainer.fit()
+
+
+def _searcher(cfg: ExperimentConfig) -> Any:
+    if cfg.tune.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric=METRIC, mode=MODE, seed=cfg.train.seed)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=cfg.train.seed)
+
+
+def _check_capacity(cfg: ExperimentConfig, max_concurrent: int) -> int:
+    """Never run more trials at once than the cluster can hold workers for (no waiting on each other)."""
+    need = cfg.train.num_workers * cfg.train.cpus_per_worker
+    have = ray.cluster_resources().get("CPU", 1)
+    fit = max(1, int(have // (need + 0.5)))  # half a CPU per trial for its Ray Data ingest
+    if max_concurrent > fit:
+        print(f"[seqctr] tune: max_concurrent {max_concurrent} -> {fit} ({have:g} CPUs, {need:g} per trial)")
+    return min(max_concurrent, fit)
+
+
+def _trial_table(results: Any, max_epochs: int) -> pd.DataFrame:
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        auc = history[METRIC] if history is not None and METRIC in history else pd.Series(dtype=float)
+        epochs = int(len(auc))
+        status = "error" if result.error else ("completed" if epochs >= max_epochs else "stopped early")
+        if not result.error and epochs and history.iloc[-1].get("should_stop", False):
+            status = "early-stopped (patience)"
+        rows.append({
+            "trial_id": (result.metrics or {}).get("trial_id", Path(result.path).name),
+            **{f"config/{k}": v for k, v in (result.config or {}).items()},
+            "val_auc": float(auc.max()) if epochs else float("nan"),
+            "epochs": epochs,
+            "status": status,
+        })
+    return pd.DataFrame(rows).sort_values("val_auc", ascending=False, na_position="last")
+
+
+def best_trial_checkpoint(trials_root: Path, trial_id: str) -> str:
+    """The trial's checkpoint with the highest val AUC (read from each checkpoint's metrics.json)."""
+    candidates = []
+    for metrics_file in (trials_root / trial_id).glob("*/metrics.json"):
+        candidates.append((json.loads(metrics_file.read_text()).get(METRIC, float("-inf")), metrics_file.parent))
+    if not candidates:
+        raise RuntimeError(f"trial {trial_id} left no checkpoint under {trials_root / trial_id}")
+    return str(max(candidates, key=lambda c: c[0])[1])
+
+
+def run_campaign(
+    cfg: ExperimentConfig,
+    num_samples: int | None = None,
+    max_concurrent: int | None = None,
+    resume: str | None = None,
+    register: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) a campaign, print and save the trial table, register and maybe promote the best."""
+    from seqctr.training.assets import prepare_assets
+    from seqctr.training.evaluation import evaluate_checkpoint_on_split
+    from seqctr.training.trainer import ensure_samples, make_datasets, run_index
+
+    started = time.perf_counter()
+    name = resume or cfg.tune.campaign
+    campaign_dir = Path(cfg.train.storage_path) / name
+    trials_root = campaign_dir / "trials"
+    space = build_search_space(cfg)
+    num_samples = num_samples or cfg.tune.num_samples
+    concurrent = _check_capacity(cfg, max_concurrent or cfg.tune.max_concurrent)
+
+    print(f"[seqctr] tune: preparing shared data for campaign {name}")
+    samples_report = ensure_samples(cfg)
+    index = run_index(cfg, None)
+    assets = prepare_assets(cfg, index)
+    datasets = make_datasets(cfg, assets.index_json)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            train_trial, base=cfg.to_dict(), assets=assets, datasets=datasets, trials_root=str(trials_root)
+        ),
+        {"CPU": 0},  # the trial driver only waits; its TorchTrainer reserves the workers' CPUs
+    )
+    if resume:
+        if not tune.Tuner.can_restore(str(campaign_dir)):
+            raise ConfigError(f"--resume {name}: no campaign to resume at {campaign_dir}")
+        tuner = tune.Tuner.restore(str(campaign_dir), trainable=trainable, resume_errored=True)
+    else:
+        if campaign_dir.exists():
+            raise ConfigError(
+                f"campaign folder {campaign_dir} exists: pass --resume {name} or set tune.campaign to a new name"
+            )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode=MODE,
+                num_samples=num_samples,
+                max_concurrent_trials=concurrent,
+                search_alg=_searcher(cfg),
+                scheduler=ASHAScheduler(
+                    time_attr="training_iteration",
+                    max_t=cfg.train.epochs,
+                    grace_period=cfg.tune.grace_epochs,
+                    reduction_factor=cfg.tune.reduction_factor,
+                ),
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=str(campaign_dir.parent)),
+        )
+    results = tuner.fit()
+    table = _trial_table(results, cfg.train.epochs)
+    table.to_csv(campaign_dir / "trials.csv", index=False)
+    table.to_parquet(campaign_dir / "trials.parquet", index=False)
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(table.to_string(index=False))
+    ok = table[table["status"] != "error"].dropna(subset=["val_auc"])
+    if ok.empty:
+        raise RuntimeError(f"campaign {name}: every trial failed; see {campaign_dir}")
+    best_row = ok.iloc[0]
+    best_ckpt = best_trial_checkpoint(trials_root, best_row["trial_id"])
+    test = evaluate_checkpoint_on_split(best_ckpt, cfg.data.samples, "test")["metrics"]
+    epochs_run = int(table["epochs"].sum())
+    summary: dict[str, Any] = {
+        "campaign": name,
+        "campaign_dir": str(campaign_dir),
+        "trials": len(table),
+        "best_trial": best_row["trial_id"],
+        "best_config": {k[7:]: best_row[k] for k in table.columns if k.startswith("config/")},
+        "best_val_auc": float(best_row["val_auc"]),
+        "best_checkpoint": best_ckpt,
+        "test": test,
+        "trial_epochs_run": epochs_run,
+        "trial_epochs_full": len(table) * cfg.train.epochs,
+        "asha_saving": 1 - epochs_run / max(1, len(table) * cfg.train.epochs),
+        "tensorboard": str(campaign_dir),
+        "seconds": time.perf_counter() - started,
+    }
+    if register:
+        summary["registry"] = register_best(cfg, best_ckpt, name, summary["best_config"], samples_report)
+    return summary
+
+
+def register_best(
+    cfg: ExperimentConfig, checkpoint: str, run_id: str, trial_params: dict[str, Any], samples_report: dict
+) -> dict[str, Any]:
+    """Register the winner with its lineage; move `production` only if it beats the current one."""
+    from seqctr.platform.registry import Registry
+
+    registry = Registry(cfg.registry.root)
+    record = registry.register(
+        cfg.registry.name,
+        checkpoint,
+        run_id=run_id,
+        trial_config={k: _plain(v) for k, v in trial_params.items()},
+        data_fingerprint=samples_report.get("fingerprint"),
+    )
+    promotion = registry.promote(cfg.registry.name, record.version, metric=cfg.registry.promote_metric)
+    return {"version": record.version, "promotion": _plain(promotion)}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copies of numpy scalars and small records."""
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "__dict__"):
+        return {k: _plain(v) for k, v in vars(value).items()}
+    return value
+
