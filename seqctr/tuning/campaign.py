@@ -111,7 +111,7 @@ def run_campaign(
     concurrent = _check_capacity(cfg, max_concurrent or cfg.tune.max_concurrent)
 
     print(f"[seqctr] tune: preparing shared data for campaign {name}")
-    samples_report = ensure_samples(cfg)
+    ensure_samples(cfg)
     index = run_index(cfg, None)
     assets = prepare_assets(cfg, index)
     datasets = make_datasets(cfg, assets.index_json)
@@ -177,15 +177,15 @@ def run_campaign(
         "seconds": time.perf_counter() - started,
     }
     if register:
-        summary["registry"] = register_best(cfg, best_ckpt, name, summary["best_config"], samples_report)
+        summary["registry"] = register_best(cfg, best_ckpt, name, summary["best_config"])
     return summary
 
 
 def register_best(
-    cfg: ExperimentConfig, checkpoint: str, run_id: str, trial_params: dict[str, Any], samples_report: dict
+    cfg: ExperimentConfig, checkpoint: str, run_id: str, trial_params: dict[str, Any]
 ) -> dict[str, Any]:
     """Register the winner with its lineage; move `production` only if it beats the current one."""
-    from seqctr.platform.registry import Registry
+    from seqctr.platform.registry import Registry, data_fingerprint
 
     registry = Registry(cfg.registry.root)
     record = registry.register(
@@ -193,7 +193,7 @@ def register_best(
         checkpoint,
         run_id=run_id,
         trial_config={k: _plain(v) for k, v in trial_params.items()},
-        data_fingerprint=samples_report.get("fingerprint"),
+        data_fingerprint=data_fingerprint(cfg.data.events),
     )
     promotion = registry.promote(cfg.registry.name, record.version, metric=cfg.registry.promote_metric)
     return {"version": record.version, "promotion": _plain(promotion)}

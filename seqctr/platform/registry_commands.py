@@ -1,0 +1,203 @@
+"""`seqctr models ...`: list, show, register, promote and roll back registry versions.
+
+    seqctr models list                       # models, version counts, aliases
+    seqctr models list seqctr                # versions of one model with metrics and aliases
+    seqctr models show seqctr@production     # one version's lineage as JSON
+    seqctr models promote seqctr v3          # moves production only if v3 beats it on val_auc
+    seqctr models rollback seqctr            # production back to its previous target
+
+The registry root is `--root`, else `registry.root` of the config (`--config` / `--set`). Only the
+registry is imported here (no torch, no Ray), so these commands answer quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from seqctr.platform.config import ConfigError, load_config, resolve_paths
+from seqctr.platform.registry import Registry, RegistryError, VersionRecord
+
+models_app = typer.Typer(
+    help="Model registry: list, show, register, promote and roll back versions.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+RootOpt = typer.Option(None, "--root", help="Registry folder or URI (default: registry.root of the config).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment YAML (default: configs/default.yaml).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set registry.root=/x (repeatable).")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+AliasOpt = typer.Option("production", "--alias", "-a", help="Alias to move.")
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (RegistryError, ConfigError, FileNotFoundError)
+    checkpoint = sys.modules.get("seqctr.platform.checkpoint")  # a CheckpointError implies it was imported
+    return errors + ((checkpoint.CheckpointError,) if checkpoint is not None else ())
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected errors become one red `error: ...` line and exit code 2 (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            if not isinstance(err, _expected_errors()):
+                raise
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _registry(root: str | None, config: Path | None, overrides: list[str] | None) -> Registry:
+    if root:
+        return Registry(root)
+    return Registry(resolve_paths(load_config(config, overrides)).registry.root)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+def _aliases_of(aliases: dict[str, str], version: str) -> str:
+    return ",".join(sorted(a for a, v in aliases.items() if v == version)) or "-"
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@models_app.command("list")
+@_user_errors
+def list_cmd(
+    name: str | None = typer.Argument(None, help="A model: list its versions (default: list models)."),
+    metric: str = typer.Option("val_auc", help="Metric column shown for each version."),
+    as_json: bool = JsonOpt,
+    root: str | None = RootOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+) -> None:
+    """List models, or the versions of one model with their metric and aliases."""
+    registry = _registry(root, config, set_)
+    if name is None:
+        models = [
+            {"name": m, "versions": len(registry.list_versions(m)), "aliases": registry.aliases(m)}
+            for m in registry.list_models()
+        ]
+        if as_json:
+            _echo_json(models)
+        elif not models:
+            typer.echo(f"no models in {registry.root}")
+        else:
+            rows = [(m["name"], m["versions"], ", ".join(f"{a}={v}" for a, v in m["aliases"].items())) for m in models]
+            typer.echo(_table(["model", "versions", "aliases"], rows))
+        return
+    versions = registry.list_versions(name)
+    aliases = registry.aliases(name)
+    if as_json:
+        _echo_json([{**r.to_dict(), "aliases": _aliases_of(aliases, r.version).split(",")} for r in versions])
+        return
+    rows = [
+        (r.version, r.created, r.run_id, _fmt(r.metrics.get(metric)), _aliases_of(aliases, r.version), r.parent)
+        for r in versions
+    ]
+    typer.echo(_table(["version", "created", "run", metric, "aliases", "parent"], rows))
+
+
+@models_app.command("show")
+@_user_errors
+def show_cmd(
+    ref: str = typer.Argument(..., help="NAME, NAME@VERSION (v3) or NAME@ALIAS (production)."),
+    root: str | None = RootOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+) -> None:
+    """Print one version's record (lineage, metrics, checkpoint path) and the aliases pointing at it."""
+    registry = _registry(root, config, set_)
+    record = registry.get(ref)
+    aliases = registry.aliases(record.name)
+    _echo_json(
+        {**record.to_dict(), "uri": record.uri, "aliases": sorted(a for a, v in aliases.items() if v == record.version)}
+    )
+
+
+@models_app.command("register")
+@_user_errors
+def register_cmd(
+    checkpoint_dir: Path = typer.Argument(..., help="A checkpoint folder (verified before and after copying)."),
+    name: str | None = typer.Option(None, "--name", "-n", help="Model name (default: registry.name)."),
+    run_id: str = typer.Option("manual", "--run-id", help="Run or campaign id recorded as lineage."),
+    parent: str | None = typer.Option(None, "--parent", help="Parent version, e.g. seqctr@v2."),
+    data_fingerprint: str | None = typer.Option(None, "--data-fingerprint", help="Training data fingerprint."),
+    root: str | None = RootOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+) -> None:
+    """Copy a checkpoint into the registry as the next version of NAME (aliases are not moved)."""
+    if root and name:
+        registry = Registry(root)
+    else:
+        cfg = resolve_paths(load_config(config, set_))
+        registry, name = Registry(root or cfg.registry.root), name or cfg.registry.name
+    record: VersionRecord = registry.register(
+        name, checkpoint_dir, run_id=run_id, parent=parent, data_fingerprint=data_fingerprint
+    )
+    typer.secho(f"registered {record.ref} from {record.source}", fg=typer.colors.GREEN)
+    _echo_json(record.to_dict())
+
+
+@models_app.command("promote")
+@_user_errors
+def promote_cmd(
+    name: str = typer.Argument(..., help="Model name."),
+    version: str = typer.Argument(..., help="Candidate version (v3 or 3)."),
+    alias: str = AliasOpt,
+    metric: str | None = typer.Option(None, help="Metric to beat (default: registry.promote_metric)."),
+    force: bool = typer.Option(False, "--force", help="Move the alias even if the candidate is not better."),
+    root: str | None = RootOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+) -> None:
+    """Move ALIAS to VERSION only if its metric strictly beats the current target's (or --force)."""
+    if metric is None:
+        metric = load_config(config, set_).registry.promote_metric
+    registry = _registry(root, config, set_)
+    result = registry.promote(name, version, alias=alias, metric=metric, force=force)
+    if result.moved:
+        typer.secho(f"promoted {name}@{result.candidate} to {alias}: {result.reason}", fg=typer.colors.GREEN)
+    else:
+        typer.secho(f"not promoted: {result.reason}; {alias} stays {result.previous}", fg=typer.colors.YELLOW)
+    _echo_json(result.to_dict())
+
+
+@models_app.command("rollback")
+@_user_errors
+def rollback_cmd(
+    name: str = typer.Argument(..., help="Model name."),
+    alias: str = AliasOpt,
+    root: str | None = RootOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+) -> None:
+    """Point ALIAS back at its previous target (repeatable)."""
+    record = _registry(root, config, set_).rollback(name, alias=alias)
+    typer.secho(f"{alias} of {name} rolled back to {record.version}", fg=typer.colors.GREEN)
+    _echo_json(record.to_dict())
