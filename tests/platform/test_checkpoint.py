@@ -23,8 +23,14 @@ def _save(tmp_path, **kw):
     model.lin(torch.ones(1, 3)).sum().backward()
     opt.step()
     path = save_checkpoint(
-        tmp_path / "ckpt", model=model, config=ExperimentConfig(), item_index_json='{"ids": []}',
-        metrics={"val_auc": 0.7}, optimizer=opt, train_state={"epoch": 3}, **kw,
+        tmp_path / "ckpt",
+        model=model,
+        config=ExperimentConfig(),
+        item_index_json='{"ids": []}',
+        metrics={"val_auc": 0.7},
+        optimizer=opt,
+        train_state={"epoch": 3},
+        **kw,
     )
     return path, model, opt
 

@@ -26,8 +26,9 @@ SMALL = SyntheticConfig(users=80, items=150, events=12_345, categories=8, seed=5
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.parquet"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.parquet"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,14 @@ def test_report_files_and_schema(small):
     assert report["events_per_s"] == pytest.approx(12_345 / report["seconds"])
     schema = events.schema
     assert [(f.name, f.type) for f in schema] == [
-        ("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("label", pa.int8()),
-        ("p_true", pa.float64()), ("session", pa.int32()), ("intent", pa.string())]
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("timestamp", pa.int64()),
+        ("label", pa.int8()),
+        ("p_true", pa.float64()),
+        ("session", pa.int32()),
+        ("intent", pa.string()),
+    ]
     assert items.schema.names == ["item_id", "text", "category"]
     assert items.num_rows == 150 and items["item_id"][0].as_py() == "i000000"
     assert events["user_id"][0].as_py() == "u000000"
@@ -117,7 +124,7 @@ def test_oracle_auc_well_above_chance(small):
 def test_popularity_is_skewed(small):
     _, events, _ = small
     counts = np.sort(np.unique(events["item_id"].to_numpy(zero_copy_only=False), return_counts=True)[1])[::-1]
-    assert counts[: 15].sum() / counts.sum() > 0.4  # top 10% of 150 items
+    assert counts[:15].sum() / counts.sum() > 0.4  # top 10% of 150 items
 
 
 def test_titles_reveal_the_category(small):
