@@ -50,8 +50,8 @@ def model_from_contents(contents: CheckpointContents, device: str | torch.device
         from transformers import BertConfig, BertModel
 
         bert = BertModel(BertConfig.from_dict(contents.extra_json[BERT_CONFIG_FILE]), add_pooling_layer=False)
-        token_keys = sorted(k for k in contents.model_state if k.endswith(("item_input_ids", "item_mask")))
-        tokens = tuple(contents.model_state[k] for k in token_keys)  # (input_ids, mask)
+        by_suffix = {k.rsplit(".", 1)[-1]: v for k, v in contents.model_state.items()}
+        tokens = (by_suffix["item_input_ids"], by_suffix["item_attention_mask"])
     model = CTRModel(
         cfg.model,
         num_items=index_rows,

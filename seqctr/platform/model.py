@@ -1,0 +1,453 @@
+"""The CTR model: BERT item embeddings + an LSTM over the user's history -> one click logit.
+
+Reads top to bottom: item vectors, sequence encoder, target-aware attention, head, then the model
+that assembles them. Shapes: B batch, L history length, C candidates, D item vector size
+(`embed_dim`), H hidden size, Dt text-embedding size, T tokens per item text.
+
+Index conventions (from the feature encoder): item index 0 = padding, 1 = unknown item, 2.. known
+items; id bucket 0 = padding. Histories are right-padded; `hist_len` (may be 0) says how many
+positions are real. Padding never changes a result: RNNs read packed sequences and every pool is
+masked. The loss lives in training; the model returns logits.
+
+    model = build_model(cfg.model, num_items, text_table)
+    logits = model(batch)                                   # (B,)
+    state = model.encode_history(hist_idx, hist_bucket, hist_len)   # serving: once per request
+    logits = model.score_candidates(hist_idx, hist_bucket, hist_len, cand_idx, cand_bucket)  # (C,)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from seqctr.platform.config import ModelConfig
+
+PAD, UNKNOWN = 0, 1
+
+
+def clamp_item_index(idx: Tensor, num_items: int) -> Tensor:
+    """Indices outside [0, num_items) become 1 (unknown): an index that grew never reads out of range."""
+    return torch.where((idx < 0) | (idx >= num_items), torch.full_like(idx, UNKNOWN), idx)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over dim 1 of the valid positions; rows without any valid position give zeros."""
+    m = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
+
+
+def mlp(in_dim: int, hidden: list[int], dropout: float, out_dim: int = 1) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(dropout)]
+        in_dim = width
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+# ----------------------------------------------------------------------------- item vectors
+
+
+class ItemEmbedding(nn.Module):
+    """Item vector = id embedding of the hashed bucket + a projection of the item's text embedding.
+
+    The text embedding comes from a frozen table (`text_table`, precomputed by `seqctr embed`) or, when
+    fine-tuning, from BERT run on only the unique items of the batch.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        num_items: int,
+        text_dim: int,
+        text_table: Tensor | None = None,
+        bert: nn.Module | None = None,
+        item_tokens: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_items = num_items
+        self.text_dim = text_dim if cfg.text else 0
+        self.id_embedding = nn.Embedding(cfg.id_buckets, cfg.embed_dim, padding_idx=PAD)
+        nn.init.normal_(self.id_embedding.weight, std=0.1)
+        with torch.no_grad():
+            self.id_embedding.weight[PAD].zero_()
+        self.bert: nn.Module | None = None
+        self.text_proj: nn.Linear | None = None
+        if not cfg.text:
+            return
+        self.text_proj = nn.Linear(text_dim, cfg.embed_dim)
+        if cfg.bert_trainable_layers > 0:
+            self._init_bert(cfg.bert_trainable_layers, num_items, text_dim, bert, item_tokens)
+        else:
+            # No table given: zeros, to be filled by load_state_dict from a checkpoint.
+            table = _padded_rows(text_table, num_items, text_dim, "text_table", torch.float32)
+            table[: UNKNOWN + 1] = 0  # padding and unknown rows carry no text
+            self.register_buffer("text_table", table)  # (num_items, Dt)
+
+    def _init_bert(
+        self,
+        trainable_layers: int,
+        num_items: int,
+        text_dim: int,
+        bert: nn.Module | None,
+        item_tokens: tuple[Tensor, Tensor] | None,
+    ) -> None:
+        if bert is None or item_tokens is None:
+            raise ValueError("model.bert_trainable_layers > 0 needs `bert` and `item_tokens` (fine-tune mode)")
+        hidden = bert.config.hidden_size
+        if hidden != text_dim:
+            raise ValueError(f"text_dim={text_dim} but the BERT hidden_size is {hidden}; they must match")
+        layers = bert.encoder.layer
+        if trainable_layers > len(layers):
+            raise ValueError(
+                f"model.bert_trainable_layers={trainable_layers} but the BERT model has {len(layers)} layers"
+            )
+        for p in bert.parameters():
+            p.requires_grad_(False)
+        for layer in layers[len(layers) - trainable_layers :]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+        self.bert = bert
+        input_ids, attention_mask = item_tokens
+        if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+            raise ValueError(
+                f"item_tokens: input_ids {tuple(input_ids.shape)} and attention_mask "
+                f"{tuple(attention_mask.shape)} must both be (num_items, T)"
+            )
+        T = input_ids.shape[1]
+        ids = _padded_rows(input_ids, num_items, T, "item_tokens.input_ids", torch.long)
+        mask = _padded_rows(attention_mask, num_items, T, "item_tokens.attention_mask", torch.long)
+        self.register_buffer("item_input_ids", ids)  # (num_items, T)
+        self.register_buffer("item_attention_mask", mask)  # (num_items, T)
+
+    def text_of(self, indices: list[Tensor]) -> list[Tensor]:
+        """Text embeddings (..., Dt) for several index tensors; in fine-tune mode one BERT pass over
+        the unique items of all of them together (padding, unknown and empty texts give zeros)."""
+        if self.bert is None:
+            return [self.text_table[i] for i in indices]
+        flat = torch.cat([i.reshape(-1) for i in indices])  # (N,)
+        uniq, inverse = torch.unique(flat, return_inverse=True)  # (U,), (N,)
+        ids, mask = self.item_input_ids[uniq], self.item_attention_mask[uniq]  # (U, T)
+        run = (uniq > UNKNOWN) & (mask.sum(1) > 0)  # (U,)
+        table = torch.zeros(len(uniq), self.text_dim, device=flat.device)  # (U, Dt)
+        if bool(run.any()):
+            ids, mask = ids[run], mask[run]
+            width = int(mask.sum(1).max())  # tokens are right-padded: drop all-padding columns
+            table[run] = self._bert_pool(ids[:, :width], mask[:, :width]).to(table.dtype)
+        vectors = table[inverse]  # (N, Dt)
+        out, start = [], 0
+        for i in indices:
+            out.append(vectors[start : start + i.numel()].view(*i.shape, self.text_dim))
+            start += i.numel()
+        return out
+
+    def _bert_pool(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (U, T, Dt)
+        return masked_mean(hidden, attention_mask.bool())  # (U, Dt)
+
+    def forward(self, idx: Tensor, bucket: Tensor, text: Tensor | None) -> Tensor:
+        vec = self.id_embedding(bucket)  # (..., D)
+        if self.text_proj is not None and text is not None:
+            vec = vec + self.text_proj(text)
+        return vec * (idx != PAD).unsqueeze(-1).to(vec.dtype)  # padding -> exactly zero
+
+
+def _padded_rows(table: Tensor | None, rows: int, cols: int, name: str, dtype: torch.dtype) -> Tensor:
+    """`table` grown to `rows` rows with zeros (the item index may have grown since it was built)."""
+    out = torch.zeros(rows, cols, dtype=dtype)
+    if table is None:
+        return out
+    if table.dim() != 2 or table.shape[1] != cols or table.shape[0] > rows:
+        raise ValueError(f"{name}: shape {tuple(table.shape)} does not fit ({rows} items, {cols} columns)")
+    out[: table.shape[0]] = table
+    return out
+
+
+# ----------------------------------------------------------------------------- sequence encoder
+
+
+class HistoryState(NamedTuple):
+    outputs: Tensor  # (B, L, H) per-position outputs, zero at padding
+    last: Tensor  # (B, H) final state, zero for an empty history
+    mask: Tensor  # (B, L) bool, True at real positions
+
+
+class SequenceEncoder(nn.Module):
+    """'lstm' / 'gru' over packed sequences, or 'mean' = masked mean of projected item vectors."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.kind = cfg.sequence
+        dropout = cfg.dropout if cfg.num_layers > 1 else 0.0
+        if self.kind == "mean":
+            self.proj = nn.Linear(cfg.embed_dim, cfg.hidden_size)
+        else:
+            rnn = nn.LSTM if self.kind == "lstm" else nn.GRU
+            self.rnn = rnn(cfg.embed_dim, cfg.hidden_size, cfg.num_layers, batch_first=True, dropout=dropout)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> HistoryState:
+        B, L, _ = x.shape  # (B, L, D)
+        mask = torch.arange(L, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, L)
+        if self.kind == "mean":
+            outputs = self.proj(x) * mask.unsqueeze(-1).to(x.dtype)  # (B, L, H)
+            return HistoryState(outputs, masked_mean(outputs, mask), mask)
+        # Empty histories are packed with length 1 (a zero vector), then masked back to zeros.
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        out, state = self.rnn(packed)
+        h_n = state[0] if isinstance(state, tuple) else state  # (num_layers, B, H)
+        outputs, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # (B, L, H)
+        outputs = outputs * mask.unsqueeze(-1).to(outputs.dtype)
+        last = h_n[-1] * (lengths > 0).unsqueeze(-1).to(outputs.dtype)  # (B, H)
+        return HistoryState(outputs, last, mask)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+class TargetAttention(nn.Module):
+    """DIN-style attention: an MLP scores [h, t, h-t, h*t] per position; softmax over real positions."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, outputs: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        t = target.unsqueeze(1).expand_as(outputs)  # (B, L, H)
+        scores = self.score(torch.cat([outputs, t, outputs - t, outputs * t], dim=-1)).squeeze(-1)  # (B, L)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        # Masked positions get exp(min - max) = 0; an all-padding row is uniform, then zeroed by the mask.
+        weights = torch.softmax(scores, dim=-1) * mask.to(scores.dtype)  # (B, L)
+        return torch.einsum("bl,blh->bh", weights, outputs), weights  # (B, H), (B, L)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class CTRModel(nn.Module):
+    """Item vectors -> sequence encoder -> [last, pool, target, last*target] -> MLP -> logit."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        num_items: int,
+        text_dim: int,
+        text_table: Tensor | None = None,
+        bert: nn.Module | None = None,
+        item_tokens: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_items < 2:
+            raise ValueError(f"num_items={num_items}: the item index has at least rows 0 (padding) and 1")
+        if cfg.bert_trainable_layers > 0 and not cfg.text:
+            raise ValueError("model.bert_trainable_layers > 0 needs model.text=true")
+        if cfg.text and text_dim < 1:
+            raise ValueError(f"model.text=true needs text_dim >= 1, got {text_dim}")
+        self.cfg = cfg
+        self.num_items = num_items
+        self.text_dim = text_dim if cfg.text else 0
+        H = cfg.hidden_size
+        self.items = ItemEmbedding(cfg, num_items, text_dim, text_table, bert, item_tokens)
+        self.encoder = SequenceEncoder(cfg)
+        self.target_proj = nn.Linear(cfg.embed_dim, H)
+        self.attention = TargetAttention(H) if cfg.attention else None
+        self.head = mlp(4 * H, cfg.mlp_hidden, cfg.dropout)
+
+    # -- inputs
+
+    def _checked(
+        self, hist_idx: Tensor, hist_bucket: Tensor, hist_len: Tensor, tgt_bucket: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Shape checks, then one device sync for all range checks; errors name the input key.
+        Returns the history, given one padding column when it has none (L = 0)."""
+        if hist_idx.dim() != 2 or hist_bucket.shape != hist_idx.shape:
+            raise ValueError(
+                f"hist_idx {tuple(hist_idx.shape)} and hist_bucket {tuple(hist_bucket.shape)} must be (B, L)"
+            )
+        n, L = self.cfg.id_buckets, hist_idx.shape[1]
+        if L == 0:
+            hist_idx = hist_bucket = hist_idx.new_zeros(hist_idx.shape[0], 1)
+        if hist_len.shape != hist_idx.shape[:1]:
+            raise ValueError(f"hist_len {tuple(hist_len.shape)} must be (B,) with B={hist_idx.shape[0]}")
+        bad = torch.stack(
+            [
+                ((hist_bucket < 0) | (hist_bucket >= n)).any(),
+                ((tgt_bucket < 0) | (tgt_bucket >= n)).any(),
+                ((hist_len < 0) | (hist_len > L)).any(),
+            ]
+        ).tolist()
+        names = [
+            f"hist_bucket outside [0, {n})",
+            f"target_bucket outside [0, {n})",
+            f"hist_len outside [0, {L}]",
+        ]
+        for is_bad, name in zip(bad, names, strict=True):
+            if is_bad:
+                raise ValueError(f"model input {name} (model.id_buckets={n}, history length L={L})")
+        return hist_idx, hist_bucket
+
+    def _target_text(
+        self, target_idx: Tensor, target_text: Tensor | None, target_text_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """(indices to look text up for, override mask). Overridden rows skip the lookup (index 0)."""
+        if target_text is None or self.text_dim == 0:
+            return target_idx, None
+        if target_text.shape != (target_idx.shape[0], self.text_dim):
+            raise ValueError(
+                f"target_text {tuple(target_text.shape)} must be (B, Dt) = ({target_idx.shape[0]}, {self.text_dim})"
+            )
+        if target_text_mask is None:
+            target_text_mask = torch.ones_like(target_idx, dtype=torch.bool)
+        elif target_text_mask.shape != target_idx.shape:
+            raise ValueError(
+                f"target_text_mask {tuple(target_text_mask.shape)} must be (B,) with B={target_idx.shape[0]}"
+            )
+        return target_idx.masked_fill(target_text_mask, PAD), target_text_mask.bool()
+
+    def _embed(
+        self,
+        hist_idx: Tensor | None,
+        hist_bucket: Tensor | None,
+        target_idx: Tensor,
+        target_bucket: Tensor,
+        target_text: Tensor | None = None,
+        target_text_mask: Tensor | None = None,
+    ) -> tuple[Tensor | None, Tensor]:
+        """Item vectors of the history (B, L, D) (None without one) and the targets (C, D); in fine-tune
+        mode one BERT pass covers the unique items of both."""
+        # A target is never padding: index 0 there is treated as unknown.
+        target_idx = clamp_item_index(target_idx, self.num_items).masked_fill(target_idx == PAD, UNKNOWN)
+        lookup_idx, override = self._target_text(target_idx, target_text, target_text_mask)
+        wanted = [lookup_idx]
+        if hist_idx is not None:
+            hist_idx = clamp_item_index(hist_idx, self.num_items)
+            wanted.append(hist_idx)
+        hist_text = tgt_text = None
+        if self.text_dim:
+            tgt_text, *rest = self.items.text_of(wanted)  # (C, Dt), [(B, L, Dt)]
+            hist_text = rest[0] if rest else None
+            if override is not None:
+                tgt_text = torch.where(override.unsqueeze(-1), target_text.to(tgt_text.dtype), tgt_text)
+        hist_vec = None if hist_idx is None else self.items(hist_idx, hist_bucket, hist_text)  # (B, L, D)
+        return hist_vec, self.items(target_idx, target_bucket, tgt_text)  # (C, D)
+
+    # -- scoring
+
+    def encode_history(self, hist_idx: Tensor, hist_bucket: Tensor, hist_len: Tensor) -> HistoryState:
+        """Run the sequence encoder once; serving reuses the state for every candidate."""
+        hist_idx, hist_bucket = self._checked(hist_idx, hist_bucket, hist_len, hist_bucket.new_zeros(0))
+        return self._encode_history(hist_idx, hist_bucket, hist_len)
+
+    def _encode_history(self, hist_idx: Tensor, hist_bucket: Tensor, hist_len: Tensor) -> HistoryState:
+        hist_vec, _ = self._embed(hist_idx, hist_bucket, hist_idx.new_ones(0), hist_idx.new_ones(0))
+        return self.encoder(hist_vec, hist_len)  # (B, L, H), (B, H), (B, L)
+
+    def _score(self, history: HistoryState, target_vec: Tensor) -> tuple[Tensor, Tensor]:
+        t = self.target_proj(target_vec)  # (B, H)
+        if self.attention is not None:
+            pool, weights = self.attention(history.outputs, t, history.mask)  # (B, H), (B, L)
+        else:
+            m = history.mask.to(t.dtype)
+            weights = m / m.sum(1, keepdim=True).clamp(min=1.0)  # (B, L) the mean's weights
+            pool = masked_mean(history.outputs, history.mask)  # (B, H)
+        features = torch.cat([history.last, pool, t, history.last * t], dim=-1)  # (B, 4H)
+        return self.head(features).squeeze(-1), weights  # (B,), (B, L)
+
+    def forward(self, batch: dict[str, Tensor], return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits (B,) for a batch of (history, target); with `return_attention` also weights (B, L)."""
+        missing = [k for k in ("hist_idx", "hist_bucket", "hist_len", "target_idx", "target_bucket") if k not in batch]
+        if missing:
+            raise ValueError(f"model batch is missing keys {missing}")
+        hist_idx, hist_bucket, hist_len = batch["hist_idx"], batch["hist_bucket"], batch["hist_len"]
+        hist_idx, hist_bucket = self._checked(hist_idx, hist_bucket, hist_len, batch["target_bucket"])
+        if batch["target_idx"].shape != hist_len.shape or batch["target_bucket"].shape != hist_len.shape:
+            raise ValueError(f"target_idx and target_bucket must be (B,) with B={hist_len.shape[0]}")
+        hist_vec, tgt_vec = self._embed(
+            hist_idx,
+            hist_bucket,
+            batch["target_idx"],
+            batch["target_bucket"],
+            batch.get("target_text"),
+            batch.get("target_text_mask"),
+        )
+        logits, weights = self._score(self.encoder(hist_vec, hist_len), tgt_vec)
+        return (logits, weights) if return_attention else logits
+
+    def score_candidates(
+        self,
+        hist_idx: Tensor,
+        hist_bucket: Tensor,
+        hist_len: Tensor,
+        target_idx: Tensor,
+        target_bucket: Tensor,
+        target_text: Tensor | None = None,
+        target_text_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Logits (C,) of C candidates for one user's history (1, L): the encoder runs once and its
+        state is broadcast over the candidates; equals forward() on the expanded batch."""
+        if hist_idx.dim() != 2 or hist_idx.shape[0] != 1:
+            raise ValueError(f"score_candidates takes one user's history (1, L), got {tuple(hist_idx.shape)}")
+        if target_idx.dim() != 1 or target_bucket.shape != target_idx.shape:
+            raise ValueError("target_idx and target_bucket must both be (C,)")
+        hist_idx, hist_bucket = self._checked(hist_idx, hist_bucket, hist_len, target_bucket)
+        history = self._encode_history(hist_idx, hist_bucket, hist_len)
+        _, tgt_vec = self._embed(None, None, target_idx, target_bucket, target_text, target_text_mask)
+        C = target_idx.shape[0]
+        expanded = HistoryState(
+            history.outputs.expand(C, -1, -1), history.last.expand(C, -1), history.mask.expand(C, -1)
+        )  # (C, L, H), (C, H), (C, L)
+        return self._score(expanded, tgt_vec)[0]
+
+    # -- optimisation
+
+    def param_groups(self, lr: float, bert_lr: float, weight_decay: float) -> list[dict]:
+        """Optimizer groups: the CTR model at `lr`; trainable BERT layers (fine-tune mode) at `bert_lr`."""
+        bert = self.items.bert
+        bert_ids = {id(p) for p in bert.parameters()} if bert is not None else set()
+        model_params = [p for p in self.parameters() if p.requires_grad and id(p) not in bert_ids]
+        groups = [{"name": "model", "params": model_params, "lr": lr, "weight_decay": weight_decay}]
+        if bert is not None:
+            bert_params = [p for p in bert.parameters() if p.requires_grad]
+            groups.append({"name": "bert", "params": bert_params, "lr": bert_lr, "weight_decay": weight_decay})
+        return groups
+
+
+def build_model(
+    cfg: ModelConfig,
+    num_items: int,
+    text_table: np.ndarray | Tensor | None,
+    text_dim: int | None = None,
+    bert: nn.Module | None = None,
+    item_tokens: tuple[Tensor, Tensor] | None = None,
+) -> CTRModel:
+    """A CTRModel whose text size is read from the table (frozen) or BERT (fine-tune) when not given."""
+    table = None
+    if text_table is not None:
+        table = torch.as_tensor(np.asarray(text_table, dtype=np.float32))
+        if table.dim() != 2:
+            raise ValueError(f"text_table must be (num_items, Dt), got shape {tuple(table.shape)}")
+    if text_dim is None:
+        if table is not None:
+            text_dim = table.shape[1]
+        elif bert is not None:
+            text_dim = bert.config.hidden_size
+        elif cfg.text:
+            raise ValueError("model.text=true needs a text_table, a BERT model or an explicit text_dim")
+        else:
+            text_dim = 0
+    return CTRModel(cfg, num_items, text_dim, text_table=table, bert=bert, item_tokens=item_tokens)
+
+
+__all__ = [
+    "CTRModel",
+    "HistoryState",
+    "ItemEmbedding",
+    "SequenceEncoder",
+    "TargetAttention",
+    "build_model",
+    "clamp_item_index",
+    "masked_mean",
+]
