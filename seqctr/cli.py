@@ -64,13 +64,9 @@ def get_config(config: Path | None, overrides: list[str] | None) -> ExperimentCo
 
 def init_ray() -> None:
     """Connect to RAY_ADDRESS when set (a cluster, or inside `ray job submit`), else start local Ray."""
-    import os
+    from seqctr.platform.runtime import init_ray as _init
 
-    import ray
-
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
+    _init()
 
 
 def echo_json(obj: Any) -> None:

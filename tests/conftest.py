@@ -26,8 +26,9 @@ def ray_session():
     """One local Ray instance, started once per test session and shared by every test."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from seqctr.platform.runtime import init_ray
+
+    init_ray(num_cpus=4, include_dashboard=False)
     yield ray
     ray.shutdown()
 

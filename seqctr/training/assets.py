@@ -90,12 +90,12 @@ def build_model_from_assets(cfg: ExperimentConfig, assets: ModelAssets) -> CTRMo
     if cfg.model.text and cfg.model.bert_trainable_layers > 0:
         bert = load_bert(cfg.embed.model)
         input_ids, mask = _resolve(assets.item_tokens)
-        tokens = (torch.as_tensor(input_ids), torch.as_tensor(mask))
+        tokens = (torch.from_numpy(np.array(input_ids)), torch.from_numpy(np.array(mask)))
     return CTRModel(
         cfg.model,
         num_items=num_items,
         text_dim=assets.text_dim,
-        text_table=torch.as_tensor(table) if table is not None else None,
+        text_table=torch.from_numpy(np.array(table, dtype=np.float32)) if table is not None else None,
         bert=bert,
         item_tokens=tokens,
     )
