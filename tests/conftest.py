@@ -28,7 +28,7 @@ def ray_session():
 
     from seqctr.platform.runtime import init_ray
 
-    init_ray(num_cpus=4, include_dashboard=False)
+    init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
 
