@@ -1,10 +1,10 @@
 """Behaviour log -> CTR samples (history, target, label) and global time splits, with Ray Data.
 
 The whole build is distributed: the driver validates files from their metadata, then holds only
-small things (a timestamp sketch, the unique item ids). Events are hash-shuffled by user
-(`groupby("user_id").map_groups`), and each user's events become samples with a vectorised numpy
-function (`samples_from_events`). Splits are chosen by global time so no later event ever lands
-in an earlier split; `build_and_write` writes them once, streaming, as Parquet folders.
+small things (a timestamp sketch, the distinct item ids). Events are hash-shuffled by a stable
+user shard (`groupby("_shard").map_groups`), and all users of a shard become samples in one
+vectorised numpy call (`samples_from_events`). Splits are chosen by global time so no later event
+ever lands in an earlier split; `build_and_write` writes them in one streaming pass as Parquet.
 
 Sample of an event (DESIGN.md "Contracts"): `history` = the same user's earlier *positive* events
 (timestamp strictly smaller: an event never sees a click made at the same second), oldest first,
@@ -49,9 +49,6 @@ SKETCH_POINTS = 2048  # timestamp summary points per block: split fractions are 
 ROWS_PER_PARTITION = 250_000  # target events per hash-shuffle partition
 ROWS_PER_SHARD = 50_000  # target events per vectorised samples_from_events call
 
-EVENTS_SCHEMA = pa.schema(
-    [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("label", pa.int8())]
-)
 SAMPLES_SCHEMA = pa.schema(
     [
         ("user_id", pa.string()),
@@ -417,6 +414,10 @@ def _write_splits(samples: ray.data.Dataset, folder: Path, t_val: int, t_test: i
     return rows
 
 
+def _output_paths(out_dir: Path) -> dict[str, str]:
+    return {split: str(out_dir / split) for split in SPLITS} | {"item_index": str(out_dir / "item_index.json")}
+
+
 def build_and_write(
     events_path: str,
     out: str,
@@ -435,6 +436,9 @@ def build_and_write(
     say = progress or (lambda _message: None)
     if is_uri(out):
         raise ValueError(f"{out}: the samples folder must be a local path (it is renamed into place)")
+    _check_fractions(train_fraction, val_fraction)
+    if max_seq_len < 1:
+        raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
     start = time.perf_counter()
     out_dir = Path(out).resolve()
     events_files = list_parquet_files(events_path)
@@ -446,7 +450,8 @@ def build_and_write(
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") == fingerprint:
             say(f"reusing {out_dir}: inputs and parameters unchanged")
-            return {**meta["report"], "cached": True, "seconds": time.perf_counter() - start}
+            seconds = time.perf_counter() - start  # samples_per_s stays the original build's
+            return {**meta["report"], "paths": _output_paths(out_dir), "cached": True, "seconds": seconds}
 
     say(f"validating {len(events_files)} event file(s) in {events_path}")
     summary = validate_events(events_path)
@@ -479,8 +484,7 @@ def build_and_write(
             "seconds": seconds,
             "samples_per_s": sum(split_rows.values()) / max(seconds, 1e-9),
             "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
-            "paths": {split: str(out_dir / split) for split in SPLITS}
-            | {"item_index": str(out_dir / "item_index.json")},
+            "paths": _output_paths(out_dir),
             "cached": False,
         }
         meta = {"format": SAMPLES_FORMAT, "fingerprint": fingerprint, "params": params, "report": report}

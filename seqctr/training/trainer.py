@@ -47,7 +47,7 @@ def run_index(cfg: ExperimentConfig, init_from: str | None) -> ItemIndex:
     from seqctr.platform.checkpoint import read_checkpoint
 
     parent = ItemIndex.from_json(read_checkpoint(init_from).item_index_json)
-    return parent.extend(index.ids[2:])
+    return parent.extend(index.ids)
 
 
 def make_datasets(cfg: ExperimentConfig, index_json: str) -> dict[str, ray.data.Dataset]:
