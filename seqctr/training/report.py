@@ -29,7 +29,7 @@ def metrics_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def _plot_roc(path: Path, labels: np.ndarray, probs: np.ndarray, auc_value: float) -> None:
-    fpr, tpr = roc_curve_points(labels, probs)
+    fpr, tpr, _ = roc_curve_points(labels, probs)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, label=f"model (AUC {auc_value:.4f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
@@ -41,10 +41,11 @@ def _plot_roc(path: Path, labels: np.ndarray, probs: np.ndarray, auc_value: floa
 
 
 def _plot_calibration(path: Path, labels: np.ndarray, probs: np.ndarray) -> None:
-    mean_pred, frac_pos, counts = calibration_bins(labels, probs, bins=10)
+    bins = calibration_bins(labels, probs, bins=10)
+    filled = bins["count"] > 0
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect")
-    ax.plot(mean_pred, frac_pos, "o-", label="model")
+    ax.plot(bins["mean_prob"][filled], bins["ctr"][filled], "o-", label="model")
     ax.set(xlabel="mean predicted CTR", ylabel="observed CTR", title="Calibration (test)")
     ax.legend(loc="upper left")
     fig.tight_layout()

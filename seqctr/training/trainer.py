@@ -51,10 +51,15 @@ def run_index(cfg: ExperimentConfig, init_from: str | None) -> ItemIndex:
 
 
 def make_datasets(cfg: ExperimentConfig, index_json: str) -> dict[str, ray.data.Dataset]:
+    """Encoded train/val splits, materialised once in the object store (spilled to disk if large).
+
+    Encoding strings to indices once, instead of on every epoch, keeps the epoch loop at the model's
+    speed; a campaign's trials share the same materialised blocks.
+    """
     return {
         split: encode_dataset(
             read_samples(cfg.data.samples, split), index_json, cfg.model.id_buckets, cfg.data.max_seq_len
-        )
+        ).materialize()
         for split in ("train", "val")
     }
 
