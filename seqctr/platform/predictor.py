@@ -35,8 +35,7 @@ class LoadedModel:
         n = len(arrays["target_idx"])
         out = np.empty(n, dtype=np.float32)
         for start in range(0, n, batch_size):
-            batch = {k: torch.as_tensor(arrays[k][start : start + batch_size], device=self.device)
-                     for k in MODEL_INPUTS}
+            batch = {k: torch.tensor(arrays[k][start : start + batch_size], device=self.device) for k in MODEL_INPUTS}
             out[start : start + batch_size] = torch.sigmoid(self.model(batch)).float().cpu().numpy()
         return out
 
