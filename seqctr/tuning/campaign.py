@@ -119,7 +119,7 @@ def run_campaign(
         tune.with_parameters(
             train_trial, base=cfg.to_dict(), assets=assets, datasets=datasets, trials_root=str(trials_root)
         ),
-        {"CPU": 0},  # the trial driver only waits; its TorchTrainer reserves the workers' CPUs
+        {"CPU": 0.01},  # the trial driver only waits; its TorchTrainer reserves the workers' CPUs
     )
     if resume:
         if not tune.Tuner.can_restore(str(campaign_dir)):
