@@ -22,6 +22,7 @@ from typing import Any
 import typer
 
 from seqctr.platform.config import ConfigError, ExperimentConfig, load_config, resolve_paths
+from seqctr.platform.job_commands import add_job_commands
 from seqctr.platform.registry_commands import models_app
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
@@ -30,6 +31,7 @@ data_app = typer.Typer(help="Generate, validate and build behaviour data.", no_a
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models", help="Model registry: list, show, register, promote, rollback.")
+add_job_commands(app)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment YAML (default: configs/default.yaml).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set train.lr=1e-3 (repeatable).")

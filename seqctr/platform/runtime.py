@@ -15,6 +15,9 @@ WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # Ray 2.60's V2 Parquet datasource starts dozens of helper actors per read, which swamps a small
+    # machine; the V1 reader is as fast for our file sizes.
+    "RAY_DATA_USE_DATASOURCE_V2": "0",
 }
 
 
@@ -27,6 +30,7 @@ def quiet_ray_data() -> None:
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
+    ctx.use_datasource_v2 = os.environ.get("RAY_DATA_USE_DATASOURCE_V2", "0") == "1"
     ctx.verbose_stats_logs = False
 
 
@@ -36,11 +40,10 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
 
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
+    address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        ray.init(
-            address=address or os.environ.get("RAY_ADDRESS"),
-            runtime_env={"env_vars": dict(WORKER_ENV)},
-            configure_logging=False,
-            **kwargs,
-        )
+        # Joining a cluster (or running as a Ray Job) keeps the job's own runtime env, which
+        # `seqctr submit` fills with WORKER_ENV; a local instance gets it here.
+        runtime_env = None if address else {"env_vars": dict(WORKER_ENV)}
+        ray.init(address=address, runtime_env=runtime_env, configure_logging=False, **kwargs)
     quiet_ray_data()
