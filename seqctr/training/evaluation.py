@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import ray
 
 from seqctr.platform.metrics import auc, evaluate
@@ -19,31 +18,19 @@ from seqctr.platform.predictor import load_model
 from seqctr.training.ingest import encode_table
 
 
-class ScoreSamples:
-    """Ray Data callable class: the checkpoint is verified and loaded once per actor."""
-
-    def __init__(self, checkpoint_dir: str) -> None:
-        self.loaded = load_model(checkpoint_dir)
-        cfg = self.loaded.config
-        self.buckets, self.max_seq_len = cfg.model.id_buckets, cfg.data.max_seq_len
-
-    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        arrays = encode_table(batch, self.loaded.index, self.buckets, self.max_seq_len)
-        keep = {k: arrays[k] for k in ("label", "user", "p_true") if k in arrays}
-        return {**keep, "prob": self.loaded.predict(arrays)}
-
-
 def score_dataset(checkpoint_dir: str, samples: ray.data.Dataset) -> dict[str, np.ndarray]:
-    scored = samples.map_batches(
-        ScoreSamples,
-        fn_constructor_kwargs={"checkpoint_dir": checkpoint_dir},
-        batch_format="pyarrow",
-        batch_size=4096,
-        concurrency=1,
-    )
+    """Stream the samples through the checkpoint's model in this process, batch by batch.
+
+    Ray Data reads and streams the blocks; the model is loaded once here (no actor start-up), and
+    only (label, prob, user[, p_true]) per sample is kept.
+    """
+    loaded = load_model(checkpoint_dir)
+    cfg = loaded.config
     parts: dict[str, list[np.ndarray]] = {}
-    for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
-        for key, value in batch.items():
+    for batch in samples.iter_batches(batch_format="pyarrow", batch_size=8192):
+        arrays = encode_table(batch, loaded.index, cfg.model.id_buckets, cfg.data.max_seq_len)
+        keep = {k: arrays[k] for k in ("label", "user", "p_true") if k in arrays}
+        for key, value in {**keep, "prob": loaded.predict(arrays)}.items():
             parts.setdefault(key, []).append(value)
     if not parts:
         raise ValueError("nothing to evaluate: the dataset has no rows")
