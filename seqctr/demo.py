@@ -94,7 +94,7 @@ def _serve_and_score(cfg: ExperimentConfig, samples_dir: str) -> dict[str, Any]:
     candidates = list(dict.fromkeys([sample["target"]] + [r["target"] for r in row]))[:10]
     client = CTRClient(url)
     request = {"user_id": sample["user_id"], "history": sample["history"], "candidates": candidates}
-    response = client.rank(history=sample["history"], candidates=candidates, k=5, user_id=sample["user_id"])
+    response = client.rank(sample["history"], candidates, k=5, user_id=sample["user_id"]).model_dump()
     return {"url": url, "request": request, "response": response}
 
 
