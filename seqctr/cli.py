@@ -24,6 +24,7 @@ import typer
 from seqctr.platform.config import ConfigError, ExperimentConfig, load_config, resolve_paths
 from seqctr.platform.job_commands import add_job_commands
 from seqctr.platform.registry_commands import models_app
+from seqctr.serving.commands import score_command, serve_command
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
 config_app = typer.Typer(help="Show the resolved experiment config.", no_args_is_help=True)
@@ -32,6 +33,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models", help="Model registry: list, show, register, promote, rollback.")
 add_job_commands(app)
+app.command("serve")(serve_command)
+app.command("score")(score_command)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment YAML (default: configs/default.yaml).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set train.lr=1e-3 (repeatable).")

@@ -1,0 +1,316 @@
+"""The HTTP app: FastAPI routes on the CTRScorer deployment, and the typed builder Serve runs.
+
+    serve run configs/serve.yaml                               # Ray's own tools (serve deploy too)
+    seqctr serve --model registry://seqctr@production          # the same app, plus hot reload
+
+`build_app(args)` is the builder a Serve config names (`import_path: seqctr.serving.app:build_app`);
+Serve validates `args` against `AppArgs`. The graph it returns:
+
+    HTTP -> CTRScorer (FastAPI ingress + model: /v1/score /v1/rank /v1/model /docs; autoscaled, batched)
+              -> ItemEncoder (BERT for cold-start texts, through a deployment handle)
+
+The routes live on the scorer itself rather than on a separate ingress deployment: on 2 CPUs each
+Serve hop costs more CPU than scoring a request (measured by bench/serve_latency.py), and a separate
+ingress would add one to every request.
+
+The model URI goes into CTRScorer's `user_config`, so changing it (a Serve config's
+`deployments: [{name: CTRScorer, user_config: {model: ...}}]`, or `seqctr serve --model ...` against a
+running app) reconfigures the live replicas in place instead of restarting them.
+
+No `from __future__ import annotations` here: Serve re-wraps the route methods, and FastAPI must see
+the real request classes (not strings) to read them from the body.
+"""
+
+import hmac
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+
+from seqctr.platform.config import (
+    CONFIGS_DIR,
+    ConfigError,
+    ExperimentConfig,
+    ServeConfig,
+    load_config,
+    resolve_paths,
+)
+from seqctr.serving.deployments import CTRScorer, ItemEncoder, Loader, pin_model
+from seqctr.serving.schemas import (
+    ModelInfo,
+    RankRequest,
+    RankResponse,
+    ScoreRequest,
+    ScoreResponse,
+    candidates_error,
+    validation_error,
+)
+
+logger = logging.getLogger("ray.serve")
+API_KEY_HEADER = "X-API-Key"
+
+fastapi_app = FastAPI(
+    title="seqctr CTR endpoint",
+    version="1",
+    description="Click probabilities of candidate items given a user's click history (BERT + LSTM).",
+)
+api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False, description="Required when serve.api_key_env is set."
+)
+
+
+# ----------------------------------------------------------------------------- request guards
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over `app.state.max_body_bytes` gets 413 before it is parsed.
+
+    Checks Content-Length first, then counts the bytes actually received (chunked bodies), so a client
+    cannot stream past the limit by leaving the header out.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        limit = getattr(scope.get("app").state, "max_body_bytes", None) if scope.get("app") else None
+        if scope["type"] != "http" or limit is None:
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._reject(scope, receive, send, limit)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                return await self._reject(scope, receive, send, limit)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _reject(scope: dict, receive: Any, send: Any, limit: int) -> None:
+        error = validation_error(
+            ("body",), f"request body larger than {limit} bytes (serve.max_body_bytes)", "too_large"
+        )
+        await JSONResponse({"detail": [error]}, status_code=413)(scope, receive, send)
+
+
+fastapi_app.add_middleware(BodySizeLimit)
+
+
+def read_api_key(env_name: str) -> str | None:
+    """The API key from the environment variable `serve.api_key_env` names; None when it names none.
+    Fails closed: a configured but unset variable is an error, never an open endpoint."""
+    if not env_name:
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise ConfigError(
+            f"serve.api_key_env={env_name!r} (flag --set serve.api_key_env=...) names an environment "
+            "variable that is not set; set it or leave serve.api_key_env empty"
+        )
+    return value
+
+
+def require_api_key(request: Request, key: str | None = Security(api_key_header)) -> None:
+    expected = getattr(request.app.state, "api_key", None)
+    if expected is None:
+        return
+    if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
+        error = validation_error(
+            ("header", API_KEY_HEADER), f"missing or wrong {API_KEY_HEADER} header", "unauthorized"
+        )
+        raise HTTPException(status_code=401, detail=[error], headers={"WWW-Authenticate": "ApiKey"})
+
+
+# ----------------------------------------------------------------------------- the deployment
+
+
+@serve.deployment(name="CTRScorer", max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+@serve.ingress(fastapi_app)
+class CTRScorerDeployment(CTRScorer):
+    """The CTRScorer with its HTTP routes: the FastAPI ingress and the model in one replica, so each
+    request is one Serve hop; Serve autoscales it. Also callable through a handle (`info`, `score`)."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        encoder: Any = None,
+        loader: Loader | None = None,
+        torch_threads: int = 1,
+    ) -> None:
+        super().__init__(config, encoder, loader, torch_threads)
+        limits = self._cfg.serve
+        self._max_candidates = limits.max_candidates
+        fastapi_app.state.max_body_bytes = limits.max_body_bytes
+        fastapi_app.state.api_key = read_api_key(limits.api_key_env)
+
+    def _check_limits(self, request: ScoreRequest) -> None:
+        error = candidates_error(len(request.candidates), self._max_candidates)
+        if error is not None:
+            raise RequestValidationError([error])
+
+    async def _guarded(self, call: Any) -> dict[str, Any]:
+        try:
+            return await call
+        except Exception as err:  # noqa: BLE001 - one logged line, a 500 that says what failed
+            logger.exception("request failed")
+            raise HTTPException(
+                status_code=500, detail=f"scoring failed: {type(err).__name__}: {err}"
+            ) from err
+
+    @fastapi_app.post("/v1/score", response_model=ScoreResponse, dependencies=[Depends(require_api_key)])
+    async def http_score(self, request: ScoreRequest) -> dict[str, Any]:
+        """Click probabilities of every candidate, in candidate order."""
+        self._check_limits(request)
+        return await self._guarded(self.score(request.payload()))
+
+    @fastapi_app.post("/v1/rank", response_model=RankResponse, dependencies=[Depends(require_api_key)])
+    async def http_rank(self, request: RankRequest) -> dict[str, Any]:
+        """The k best candidates by click probability, best first (ties keep request order)."""
+        self._check_limits(request)
+        scored = await self._guarded(self.score(request.payload()))
+        items = scored["items"]
+        order = sorted(range(len(items)), key=lambda i: -items[i]["score"])[: request.k]
+        return {**scored, "items": [items[i] for i in order]}
+
+    @fastapi_app.get("/v1/model", response_model=ModelInfo, dependencies=[Depends(require_api_key)])
+    async def http_model(self) -> dict[str, Any]:
+        """The served model: name, version, metrics, config summary and the latest reload attempt."""
+        try:
+            return self.info()
+        except RuntimeError as err:
+            raise HTTPException(status_code=503, detail=str(err)) from None
+
+
+# ----------------------------------------------------------------------------- the builder
+
+
+class AppArgs(BaseModel):
+    """Arguments of `build_app` (the `args:` of a Serve config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None, description="registry://NAME@ALIAS or a checkpoint folder (default serve.model)."
+    )
+    config: str | None = Field(None, description="Experiment YAML (default configs/default.yaml).")
+    overrides: list[str] = Field(
+        default_factory=list, description="Dotted overrides, e.g. serve.max_batch_size=8."
+    )
+    scorer_cpus: float = Field(1.0, gt=0, description="CPUs per CTRScorer replica (also its torch threads).")
+    encoder_cpus: float = Field(0.5, ge=0, description="CPUs of the ItemEncoder replica.")
+
+
+def locate_config(path: str | None) -> Path | None:
+    """A config path as given, else relative to the repository (Serve may build the app elsewhere)."""
+    if not path:
+        return None
+    given = Path(path).expanduser()
+    if given.exists() or given.is_absolute():
+        return given
+    beside_repo = CONFIGS_DIR.parent / given
+    return beside_repo if beside_repo.exists() else given
+
+
+def app_config(args: AppArgs) -> ExperimentConfig:
+    """The experiment config the app serves: YAML + overrides + model, validated once."""
+    cfg = load_config(locate_config(args.config), args.overrides)
+    if args.model:
+        cfg = cfg.with_overrides({"serve.model": args.model})
+    cfg = resolve_paths(cfg)
+    if cfg.serve.min_replicas > cfg.serve.max_replicas:
+        raise ConfigError(
+            f"serve.min_replicas={cfg.serve.min_replicas} > serve.max_replicas={cfg.serve.max_replicas} "
+            "(flags --set serve.min_replicas / serve.max_replicas)"
+        )
+    return cfg
+
+
+def autoscaling_config(serve_cfg: ServeConfig) -> dict[str, Any]:
+    """The CTRScorer's Serve autoscaling_config, straight from ServeConfig."""
+    return {
+        "min_replicas": serve_cfg.min_replicas,
+        "max_replicas": serve_cfg.max_replicas,
+        "target_ongoing_requests": serve_cfg.target_ongoing_requests,
+        "upscale_delay_s": serve_cfg.upscale_delay_s,
+        "downscale_delay_s": serve_cfg.downscale_delay_s,
+    }
+
+
+def model_user_config(
+    cfg: ExperimentConfig, fallback: str | None = None, strict: bool = True
+) -> dict[str, Any]:
+    """CTRScorer's user_config for cfg.serve.model, pinned to what it names now (see ModelSpec).
+
+    Not strict (the builder): a URI that cannot be pinned here is left to the replicas, whose load error
+    Serve reports, since a Serve config's `user_config` override may replace this default anyway."""
+    out: dict[str, Any] = {"model": cfg.serve.model}
+    try:
+        out["resolved"] = pin_model(cfg.serve.model, cfg)
+    except Exception as err:  # noqa: BLE001 - registry and filesystem errors alike
+        if strict:
+            raise
+        logger.warning("serve.model=%s not pinned at build time: %s", cfg.serve.model, err)
+    if fallback:
+        out["fallback"] = fallback
+    return out
+
+
+def make_app(
+    cfg: ExperimentConfig,
+    *,
+    loader: Loader | None = None,
+    scorer_cpus: float = 1.0,
+    encoder_cpus: float = 0.5,
+    user_config: dict[str, Any] | None = None,
+) -> Application:
+    """The deployment graph for `cfg`; `loader` replaces the checkpoint loader (tests pass a fake)."""
+    serve_cfg = cfg.serve
+    encoder = ItemEncoder.options(ray_actor_options={"num_cpus": encoder_cpus}).bind(
+        serve_cfg.encoder_cache_size
+    )
+    scorer_options: dict[str, Any] = {"num_cpus": scorer_cpus}
+    key_env = serve_cfg.api_key_env
+    if key_env and os.environ.get(key_env):
+        # The replicas may not inherit this process's environment (a cluster): hand the key over.
+        scorer_options["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
+    return CTRScorerDeployment.options(
+        autoscaling_config=autoscaling_config(serve_cfg),
+        # Room for a full batch per replica, and for the autoscaler's target.
+        max_ongoing_requests=max(
+            8, 2 * serve_cfg.max_batch_size, math.ceil(2 * serve_cfg.target_ongoing_requests)
+        ),
+        user_config=user_config or model_user_config(cfg, strict=False),
+        ray_actor_options=scorer_options,
+    ).bind(cfg.to_dict(), encoder, loader, max(1, int(scorer_cpus)))
+
+
+def build_app(args: AppArgs) -> Application:
+    """The Serve application builder named by configs/serve.yaml (`import_path` + `args`)."""
+    if isinstance(args, dict):  # called directly rather than by Serve
+        args = AppArgs.model_validate(args)
+    cfg = app_config(args)
+    read_api_key(cfg.serve.api_key_env)  # fail at deploy time, not in a replica crash loop
+    return make_app(cfg, scorer_cpus=args.scorer_cpus, encoder_cpus=args.encoder_cpus)

@@ -1,0 +1,281 @@
+"""`seqctr serve` (start the endpoint, or hot-reload a running one) and `seqctr score` (call it).
+
+    seqctr serve --model registry://seqctr@production              # start; blocks until Ctrl-C
+    seqctr serve --model work/runs/seqctr/checkpoint_3 --detach     # on a running cluster (RAY_ADDRESS)
+    seqctr serve --model registry://seqctr@v4                       # app already running: hot reload
+    seqctr score --url http://127.0.0.1:8000 --history i1,i2,i3 --candidates i4,i5 --rank 1
+
+The app is deployed the way `serve deploy` does it (a declarative Serve config: import path + args),
+with the model only in CTRScorer's `user_config`. So a second `seqctr serve --model ...` changes just
+that user_config and Serve reconfigures the live replicas in place: no restart, no failed request.
+`--config` takes an experiment YAML or a Serve config file such as configs/serve.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from seqctr.platform.config import ConfigError
+
+IMPORT_PATH = "seqctr.serving.app:build_app"
+SCORER = "CTRScorer"
+DEFAULT_APP = "seqctr"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+# ----------------------------------------------------------------------------- deploying
+
+
+def read_serve_file(path: str | Path) -> dict[str, Any] | None:
+    """A Serve config file (has `applications:`) as a dict; None for an experiment config."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    return raw if isinstance(raw, dict) and "applications" in raw else None
+
+
+def app_entry(
+    name: str,
+    args: dict[str, Any],
+    user_config: dict[str, Any],
+    route_prefix: str = "/",
+    env_vars: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One application of a Serve deploy config: the builder, its args, the scorer's user_config, and
+    environment variables for the builder and every replica (the API key, when one is configured)."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "route_prefix": route_prefix,
+        "import_path": IMPORT_PATH,
+        "args": args,
+        "deployments": [{"name": SCORER, "user_config": user_config}],
+    }
+    if env_vars:
+        entry["runtime_env"] = {"env_vars": env_vars}
+    return entry
+
+
+def api_key_env_vars(api_key_env: str) -> dict[str, str]:
+    """{name: value} of the API key variable when it is set here, to hand to the app's runtime_env.
+    (It is then visible in the Serve config; on a cluster, set it in the cluster's environment instead.)"""
+    value = os.environ.get(api_key_env) if api_key_env else None
+    return {api_key_env: value} if value else {}
+
+
+def connect_ray(detach: bool) -> None:
+    """Join RAY_ADDRESS or a running local cluster; else start a local one (not with --detach, whose app
+    would die with this process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address=address or "auto", log_to_driver=True, configure_logging=False)
+        return
+    except ConnectionError:
+        if address:
+            raise
+    if detach:
+        raise ConfigError(
+            "--detach needs a running Ray cluster (`ray start --head`, or RAY_ADDRESS): "
+            "an app on a Ray started by this command would stop when it exits"
+        )
+    ray.init(log_to_driver=True, configure_logging=False)
+
+
+def live_applications(client: Any) -> dict[str, dict[str, Any]]:
+    """name -> details of every application Serve currently knows."""
+    return client.get_serve_details().get("applications", {}) or {}
+
+
+def scorer_info(app_name: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    from ray import serve
+
+    return serve.get_deployment_handle(SCORER, app_name=app_name).info.remote().result(timeout_s=timeout_s)
+
+
+def wait_running(client: Any, name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    status, message = "UNKNOWN", ""
+    while time.monotonic() < deadline:
+        app = live_applications(client).get(name) or {}
+        status, message = app.get("status", "NOT_STARTED"), app.get("message", "")
+        if status == "RUNNING":
+            return
+        if status == "DEPLOY_FAILED":
+            break
+        time.sleep(0.5)
+    raise RuntimeError(f"Serve app {name!r} is {status} after {timeout_s:.0f}s: {message}")
+
+
+def deploy(
+    args: dict[str, Any],
+    user_config: dict[str, Any],
+    *,
+    name: str = DEFAULT_APP,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    route_prefix: str = "/",
+    env_vars: dict[str, str] | None = None,
+    timeout_s: float = 300.0,
+) -> dict[str, Any]:
+    """Start the app, or hot-reload it when one named `name` runs with the same args.
+
+    Other declaratively deployed apps are kept. Returns {"action": started|reloaded|redeployed, "model":
+    the scorer's info after the change}.
+    """
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    client = serve_start(http_options={"host": host, "port": port})
+    apps = live_applications(client)
+    current = apps.get(name)
+    action = "started"
+    before: dict[str, Any] | None = None
+    if current is not None and current.get("status") in ("RUNNING", "DEPLOYING"):
+        before = scorer_info(name)
+        user_config = {**user_config, "fallback": before["resolved"]}  # where a new replica falls back
+        running_args = (current.get("deployed_app_config") or {}).get("args")
+        action = "reloaded" if running_args == args else "redeployed"
+    entries = [
+        details["deployed_app_config"]
+        for other, details in apps.items()
+        if other != name and details.get("deployed_app_config")
+    ]
+    entries.append(app_entry(name, args, user_config, route_prefix, env_vars))
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": entries}))
+    wait_running(client, name, timeout_s)  # RUNNING again = every replica has reconfigured or restarted
+    if action == "reloaded":
+        return {"action": action, "model": wait_reload(name, before, timeout_s)}
+    return {"action": action, "model": scorer_info(name)}
+
+
+def wait_reload(name: str, before: dict[str, Any] | None, timeout_s: float) -> dict[str, Any]:
+    """The scorer's info once it records a reload attempt newer than `before`'s."""
+    previous = (before or {}).get("last_reload")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = scorer_info(name)
+        if info.get("last_reload") and info["last_reload"] != previous:
+            return info
+        time.sleep(0.5)
+    raise RuntimeError(f"no reload of app {name!r} was recorded within {timeout_s:.0f}s")
+
+
+def serve_args(config: Path | None, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(builder args, http options) from --config (a Serve config file or an experiment YAML) + --set."""
+    http: dict[str, Any] = {}
+    args: dict[str, Any] = {}
+    if config is not None:
+        if not config.exists():
+            raise ConfigError(f"--config: file not found: {config}")
+        serve_file = read_serve_file(config)
+        if serve_file is None:
+            args["config"] = str(config.resolve())
+        else:
+            http = serve_file.get("http_options") or {}
+            apps = serve_file["applications"]
+            entry = next((a for a in apps if a.get("import_path") == IMPORT_PATH), None)
+            if entry is None:
+                raise ConfigError(f"--config {config}: no application with import_path {IMPORT_PATH}")
+            args = dict(entry.get("args") or {})
+    args["overrides"] = [*args.get("overrides", []), *overrides]
+    args.pop("model", None)  # the model lives in the scorer's user_config (see module doc)
+    return args, http
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def serve_command(
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="registry://NAME@ALIAS or a checkpoint dir."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Experiment YAML or a Serve config file."
+    ),
+    set_: list[str] = typer.Option(None, "--set", "-s", help="Config override, e.g. serve.max_batch_size=8."),
+    name: str = typer.Option(DEFAULT_APP, help="Serve application name."),
+    host: str | None = typer.Option(None, help="HTTP host (default serve.host)."),
+    port: int | None = typer.Option(None, help="HTTP port (default serve.port)."),
+    detach: bool = typer.Option(False, "--detach", help="Return once running (needs a running Ray cluster)."),
+    timeout: float = typer.Option(300.0, help="Seconds to wait for the app or the reload."),
+) -> None:
+    """Start the CTR endpoint on Ray Serve, or hot-reload the model of the one already running."""
+    from seqctr.serving.app import AppArgs, app_config, model_user_config, read_api_key
+
+    try:
+        args, http = serve_args(config, set_ or [])
+        app_args = AppArgs.model_validate({**args, "model": model} if model else args)
+        cfg = app_config(app_args)  # validated here, so a bad flag stops before Ray starts
+        read_api_key(cfg.serve.api_key_env)
+        user_config = model_user_config(cfg)
+        connect_ray(detach)
+        result = deploy(
+            args,
+            user_config,
+            name=name,
+            host=host or http.get("host") or cfg.serve.host,
+            port=port or http.get("port") or cfg.serve.port,
+            env_vars=api_key_env_vars(cfg.serve.api_key_env),
+            timeout_s=timeout,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        raise _fail(str(err)) from None
+    info = result["model"]
+    reload = info.get("last_reload") or {}
+    if result["action"] == "reloaded" and not reload.get("ok", True):
+        typer.echo(json.dumps(info, indent=2, default=str))
+        raise _fail(f"reload failed, still serving {info['name']} {info['version']}: {reload.get('error')}")
+    url = f"http://{host or http.get('host') or cfg.serve.host}:{port or http.get('port') or cfg.serve.port}"
+    typer.echo(f"{result['action']}: {info['name']} {info['version']} at {url} (docs: {url}/docs)")
+    if result["action"] != "started" or detach:
+        return
+    try:
+        while True:
+            time.sleep(5)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+
+
+def score_command(
+    url: str = typer.Option("http://127.0.0.1:8000", help="Endpoint base URL."),
+    history: str = typer.Option("", help="Clicked item ids, oldest first, comma-separated."),
+    candidates: str = typer.Option(..., help="Candidate item ids, comma-separated."),
+    rank: int | None = typer.Option(None, "--rank", "-k", help="Return only the top K (POST /v1/rank)."),
+    explain: bool = typer.Option(False, help="Include attention weights per history item."),
+    user_id: str | None = typer.Option(None, help="User id (logged only)."),
+    api_key_env: str = typer.Option("SEQCTR_API_KEY", help="Env var holding the X-API-Key value, if any."),
+    timeout: float = typer.Option(10.0, help="Seconds per HTTP request."),
+) -> None:
+    """Score (or rank) candidates for one history against a running endpoint; prints the JSON answer."""
+    import httpx
+    from pydantic import ValidationError
+
+    from seqctr.serving.client import CTRClient, CTRClientError
+
+    hist = [h.strip() for h in history.split(",") if h.strip()]
+    cands = [c.strip() for c in candidates.split(",") if c.strip()]
+    try:
+        with CTRClient(url, api_key=os.environ.get(api_key_env) or None, timeout=timeout) as client:
+            if rank is not None:
+                out = client.rank(hist, cands, k=rank, user_id=user_id, explain=explain)
+            else:
+                out = client.score(hist, cands, user_id=user_id, explain=explain)
+    except ValidationError as err:
+        raise _fail(f"--candidates/--history: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
+    except (CTRClientError, httpx.HTTPError) as err:
+        raise _fail(str(err)) from None
+    typer.echo(out.model_dump_json(indent=2, exclude_none=True))

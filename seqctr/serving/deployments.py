@@ -1,0 +1,528 @@
+"""Ray Serve deployments: `CTRScorer` (the CTR model, batched, hot-reloadable) and `ItemEncoder` (BERT
+for cold-start items). seqctr/serving/app.py puts the HTTP routes on the scorer.
+
+Request path: HTTP -> CTRScorer.score -> (ItemEncoder.encode for unseen ids with text) -> one
+`@serve.batch` call that scores every concurrent request of the batch together: the sequence encoder
+runs once over the B histories, the item vectors of all candidates are looked up in one pass, and each
+history's state is broadcast over its own candidates (views, no copies).
+
+Cold start, in order: an id in the model's item index uses its learned vectors (`known`); an unseen id
+with text gets its text embedded by the ItemEncoder and its id hashed into a bucket (`text`); an
+unseen id without text is scored through its hashed id bucket alone (`hashed`) -- the id embedding
+learned for the training items that share the bucket plus no text -- so it is never an error.
+
+Hot reload: `reconfigure({"model": URI})` (Serve calls it when the deployment's `user_config` changes)
+loads the new checkpoint fully in a thread while requests keep using the old model, then swaps one
+reference. A failed load (missing folder, sha256 mismatch) keeps the old model and records the error,
+which `info()` (GET /v1/model) shows and the replica log records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from ray import serve
+from ray.serve.exceptions import RayServeException
+
+from seqctr.platform.config import ExperimentConfig, config_from_dict
+from seqctr.platform.features import UNKNOWN, ItemIndex, hash_buckets
+from seqctr.platform.model import CTRModel, HistoryState
+from seqctr.platform.predictor import load_model
+
+logger = logging.getLogger("ray.serve")
+REGISTRY_SCHEME = "registry://"
+Loader = Callable[[str, str], Any]
+"""(checkpoint folder, device) -> an object with .model, .config, .index, .metrics (a LoadedModel)."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ----------------------------------------------------------------------------- the served model
+
+
+class ModelSpec(BaseModel):
+    """The scorer's `user_config`: which model to serve.
+
+    `model` is the URI as the user gave it (reported by /v1/model); `resolved` pins what it meant when the
+    app was (re)deployed (registry://NAME@v0003 for an alias, an absolute folder), so every replica loads
+    the same version and an alias move is a user_config change; `fallback` is loaded by a new replica
+    whose model fails, so scaling up after a failed reload still serves the previous model."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    resolved: str | None = None
+    fallback: str | None = None
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """A loaded checkpoint plus what the API reports about it."""
+
+    loaded: Any  # LoadedModel: .model (CTRModel), .config, .index, .metrics
+    uri: str
+    source: str  # what was loaded: spec.resolved or spec.model
+    checkpoint: str
+    name: str
+    version: str
+    quantized: str = "none"
+    loaded_at: str = field(default_factory=_now)
+
+    @property
+    def model(self) -> CTRModel:
+        return self.loaded.model
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.loaded.config
+
+    @property
+    def index(self) -> ItemIndex:
+        return self.loaded.index
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "name": self.name,
+            "version": self.version,
+            "uri": self.uri,
+            "resolved": self.source,
+            "checkpoint": self.checkpoint,
+            "loaded_at": self.loaded_at,
+            "metrics": dict(self.loaded.metrics or {}),
+            "attention": self.model.attention is not None,
+            "quantized": self.quantized,
+            "config": {
+                "model": cfg.model.model_dump(),
+                "max_seq_len": cfg.data.max_seq_len,
+                "encoder": encoder_settings(cfg),
+            },
+        }
+
+
+def encoder_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The text-encoder settings the checkpoint's item table was embedded with (cold start reuses them)."""
+    return {"name": cfg.embed.model, "max_length": cfg.embed.max_length, "pooling": cfg.embed.pooling}
+
+
+def resolve_checkpoint(uri: str, cfg: ExperimentConfig) -> str:
+    """registry://NAME@ALIAS or a pyarrow.fs URI -> a verified local folder; a local folder stays as it is
+    (the loader verifies it)."""
+    if uri.startswith(REGISTRY_SCHEME) or "://" in uri:
+        from seqctr.platform.registry import resolve_checkpoint_uri
+
+        return resolve_checkpoint_uri(uri, cfg)
+    return str(Path(uri).expanduser().resolve())
+
+
+def pin_model(uri: str, cfg: ExperimentConfig) -> str:
+    """registry://NAME@ALIAS -> registry://NAME@v0003 (the version the alias names now); a local folder
+    -> its absolute path; other URIs unchanged."""
+    if uri.startswith(REGISTRY_SCHEME):
+        from seqctr.platform.registry import Registry, default_registry_root
+
+        return Registry(default_registry_root(cfg)).get(uri).uri
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
+def model_identity(uri: str, checkpoint: str, cfg: ExperimentConfig) -> tuple[str, str]:
+    """(name, version): the registry name and version folder (v0003) for registry URIs, else the
+    experiment name and `sha256:` + the first 12 hex digits of the checkpoint manifest's hash."""
+    folder = Path(checkpoint)
+    if uri.startswith(REGISTRY_SCHEME):
+        name = uri[len(REGISTRY_SCHEME) :].partition("@")[0]
+        if re.fullmatch(r"v\d+", folder.name):
+            return name, folder.name
+    else:
+        name = cfg.name
+    manifest = folder / "manifest.json"
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:12] if manifest.exists() else "unknown"
+    return name, f"sha256:{digest}"
+
+
+def quantize_int8(model: CTRModel) -> CTRModel:
+    """PyTorch dynamic int8 quantisation of the LSTM/GRU and Linear layers (CPU only; a copy)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        return torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}, dtype=torch.qint8
+        ).eval()
+
+
+def load_serving_model(
+    spec: ModelSpec, app_cfg: ExperimentConfig, loader: Loader = load_model, device: str = "cpu"
+) -> ServingModel:
+    """Resolve, verify and load one model, quantised when serve.quantize=int8 on CPU."""
+    source = spec.resolved or spec.model
+    checkpoint = resolve_checkpoint(source, app_cfg)
+    loaded = loader(checkpoint, device)
+    quantized = "none"
+    if app_cfg.serve.quantize == "int8" and torch.device(device).type == "cpu":
+        loaded.model = quantize_int8(loaded.model)
+        quantized = "int8"
+    name, version = model_identity(source, checkpoint, loaded.config)
+    return ServingModel(loaded, spec.model, source, checkpoint, name, version, quantized)
+
+
+# ----------------------------------------------------------------------------- request encoding
+
+
+@dataclass
+class Job:
+    """One request, encoded against one model: history (most recent max_seq_len) and candidates."""
+
+    history: list[str]
+    hist_idx: np.ndarray  # (n,) item rows
+    hist_bucket: np.ndarray  # (n,) id buckets
+    candidates: list[str]
+    cand_idx: np.ndarray  # (C,)
+    cand_bucket: np.ndarray  # (C,)
+    sources: list[str]  # per candidate: known | text | hashed
+    cold: list[int]  # candidate positions to embed from text
+    cold_texts: list[str]
+    explain: bool
+    text: np.ndarray | None = None  # (len(cold), Dt) once embedded
+
+
+def encode_ids(ids: list[str], index: ItemIndex, num_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, buckets) as features.encode_samples computes them: known items use the index's cached
+    buckets, unknown ids (row 1) hash their own string."""
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows = index.lookup(ids)
+    buckets = index.buckets(num_buckets)[rows].copy()
+    unknown = np.flatnonzero(rows == UNKNOWN)
+    if unknown.size:
+        buckets[unknown] = hash_buckets([ids[i] for i in unknown], num_buckets)
+    return rows, buckets
+
+
+def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
+    """Encode a request (`ScoreRequest.payload()`); histories longer than max_seq_len keep the most recent."""
+    cfg = model.config
+    history = [str(h) for h in payload["history"]][-cfg.data.max_seq_len :]
+    candidates = [str(c) for c in payload["candidates"]]
+    texts = payload.get("texts") or [None] * len(candidates)
+    hist_idx, hist_bucket = encode_ids(history, model.index, cfg.model.id_buckets)
+    cand_idx, cand_bucket = encode_ids(candidates, model.index, cfg.model.id_buckets)
+    use_text = model.model.text_dim > 0
+    cold = [
+        i
+        for i, row in enumerate(cand_idx)
+        if row == UNKNOWN and use_text and texts[i] and str(texts[i]).strip()
+    ]
+    sources = ["known" if row != UNKNOWN else "hashed" for row in cand_idx]
+    for i in cold:
+        sources[i] = "text"
+    return Job(
+        history=history,
+        hist_idx=hist_idx,
+        hist_bucket=hist_bucket,
+        candidates=candidates,
+        cand_idx=cand_idx,
+        cand_bucket=cand_bucket,
+        sources=sources,
+        cold=cold,
+        cold_texts=[str(texts[i]) for i in cold],
+        explain=bool(payload.get("explain", False)),
+    )
+
+
+@torch.inference_mode()
+def score_jobs(
+    model: CTRModel, jobs: list[Job], device: torch.device | str = "cpu"
+) -> list[tuple[np.ndarray, Any]]:
+    """(probabilities (C,), attention (C, n) or None) per job; one encoder pass for all B histories.
+
+    Equals `model.score_candidates` per job: the same history state broadcast over its candidates.
+    """
+    B = len(jobs)
+    L = max(1, max(len(j.hist_idx) for j in jobs))
+    idx = np.zeros((B, L), dtype=np.int64)  # (B, L) right-padded
+    bucket = np.zeros((B, L), dtype=np.int64)
+    for row, job in enumerate(jobs):
+        idx[row, : len(job.hist_idx)] = job.hist_idx
+        bucket[row, : len(job.hist_idx)] = job.hist_bucket
+    hist_idx, hist_bucket = torch.from_numpy(idx).to(device), torch.from_numpy(bucket).to(device)
+    hist_len = torch.tensor([len(j.hist_idx) for j in jobs], dtype=torch.long, device=device)  # (B,)
+    state = model.encode_history(hist_idx, hist_bucket, hist_len)  # (B, L, H), (B, H), (B, L)
+
+    counts = [len(j.cand_idx) for j in jobs]
+    tgt_idx = torch.from_numpy(np.concatenate([j.cand_idx for j in jobs]).astype(np.int64)).to(device)  # (N,)
+    tgt_bucket = torch.from_numpy(np.concatenate([j.cand_bucket for j in jobs]).astype(np.int64)).to(device)
+    text = mask = None
+    if model.text_dim and any(j.text is not None and len(j.cold) for j in jobs):
+        text = torch.zeros(len(tgt_idx), model.text_dim)  # (N, Dt)
+        mask = torch.zeros(len(tgt_idx), dtype=torch.bool)  # (N,)
+        start = 0
+        for job, count in zip(jobs, counts, strict=True):
+            if job.text is not None and job.cold:
+                rows = torch.tensor(job.cold, dtype=torch.long) + start
+                text[rows] = torch.from_numpy(np.asarray(job.text, dtype=np.float32))
+                mask[rows] = True
+            start += count
+        text, mask = text.to(device), mask.to(device)
+    # One lookup of every candidate's vector (serving only: `_embed`/`_score` are the model's own steps).
+    _, tgt_vec = model._embed(None, None, tgt_idx, tgt_bucket, text, mask)  # (N, D)
+
+    out: list[tuple[np.ndarray, Any]] = []
+    start = 0
+    for b, (job, C) in enumerate(zip(jobs, counts, strict=True)):
+        history = HistoryState(
+            state.outputs[b : b + 1].expand(C, -1, -1),
+            state.last[b : b + 1].expand(C, -1),
+            state.mask[b : b + 1].expand(C, -1),
+        )  # (C, L, H), (C, H), (C, L)
+        logits, weights = model._score(history, tgt_vec[start : start + C])  # (C,), (C, L)
+        probs = torch.sigmoid(logits).float().cpu().numpy()
+        attention = None
+        if job.explain and model.attention is not None:
+            attention = weights[:, : len(job.hist_idx)].float().cpu().numpy()  # (C, n)
+        out.append((probs, attention))
+        start += C
+    return out
+
+
+def build_response(model: ServingModel, job: Job, probs: np.ndarray, attention: Any) -> dict[str, Any]:
+    """A ScoreResponse-shaped dict, candidates in request order."""
+    items = [
+        {
+            "item_id": item,
+            "score": float(p),
+            "source": source,
+            "attention": attention[i].tolist() if attention is not None else None,
+        }
+        for i, (item, p, source) in enumerate(zip(job.candidates, probs, job.sources, strict=True))
+    ]
+    return {
+        "model": model.name,
+        "version": model.version,
+        "scores": [float(p) for p in probs],
+        "items": items,
+        "history": job.history if job.explain else None,
+    }
+
+
+# ----------------------------------------------------------------------------- deployments
+
+
+def _in_replica() -> bool:
+    try:
+        serve.get_replica_context()
+    except RayServeException:
+        return False
+    return True
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
+class ItemEncoder:
+    """The BERT text encoder for cold-start candidates, with an LRU cache of text vectors.
+
+    Encoders are keyed by their settings, so a hot reload to a checkpoint embedded with another
+    encoder needs no restart.
+    """
+
+    def __init__(self, cache_size: int = 10_000, torch_threads: int = 1) -> None:
+        if torch_threads > 0:  # 0 = leave the process's setting (tests)
+            torch.set_num_threads(torch_threads)
+        self._cache_size = cache_size
+        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._encoders: dict[tuple, Any] = {}
+        self._lock = threading.RLock()
+        self.hits = self.misses = 0
+
+    def _encoder(self, name: str, max_length: int, pooling: str) -> Any:
+        from seqctr.platform.embeddings import TextEncoder
+
+        key = (name, max_length, pooling)
+        with self._lock:  # one load per setting, never two at once (the 'tiny' BERT seeds the global RNG)
+            if key not in self._encoders:
+                self._encoders[key] = TextEncoder(name, max_length=max_length, pooling=pooling, device="cpu")
+            return self._encoders[key]
+
+    def _encode(self, texts: list[str], name: str, max_length: int, pooling: str) -> np.ndarray:
+        with self._lock:
+            settings = (name, max_length, pooling)
+            missing = [t for t in dict.fromkeys(texts) if (settings, t) not in self._cache]
+            self.hits += len(texts) - len(missing)
+            self.misses += len(missing)
+            fresh = (
+                dict(zip(missing, self._encoder(*settings).encode(missing), strict=True)) if missing else {}
+            )
+            vectors = [fresh[t] if t in fresh else self._cache[(settings, t)] for t in texts]
+            for t in texts:  # refresh recency, insert new vectors, evict the oldest
+                key = (settings, t)
+                self._cache[key] = fresh.get(t, self._cache.get(key))
+                self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return np.stack(vectors).astype(np.float32)
+
+    async def encode(self, texts: list[str], name: str, max_length: int, pooling: str) -> np.ndarray:
+        """(len(texts), Dt) vectors of `texts` under the given encoder settings."""
+        return await asyncio.to_thread(self._encode, list(texts), name, max_length, pooling)
+
+    async def warm(self, name: str, max_length: int, pooling: str) -> int:
+        """Load the encoder now (a scorer calls this after loading a model); returns its dimension."""
+        return await asyncio.to_thread(lambda: self._encoder(name, max_length, pooling).dim)
+
+    def cache_info(self) -> dict[str, int]:
+        return {
+            "size": len(self._cache),
+            "capacity": self._cache_size,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+
+class CTRScorer:
+    """Scores candidates with the served checkpoint; dynamic batching across concurrent requests.
+
+    The model half of the `CTRScorer` deployment: seqctr/serving/app.py adds the HTTP routes to a
+    subclass, so a request costs one Serve hop (proxy -> scorer), not two. As a plain class it runs
+    without Serve (tests). `config` is the app's ExperimentConfig (serve + registry settings); the
+    model comes from `reconfigure(user_config)`, which Serve calls at start and on every user_config
+    change. `loader` is injectable so tests can pass a fake.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        encoder: Any = None,
+        loader: Loader | None = None,
+        torch_threads: int = 1,
+    ) -> None:
+        if torch_threads > 0:  # 0 = leave the process's setting (tests)
+            torch.set_num_threads(torch_threads)
+        self._cfg = config_from_dict(config)
+        self._encoder = encoder  # DeploymentHandle to ItemEncoder (None: text candidates are hashed)
+        self._loader = loader or load_model
+        self._device = "cpu"
+        self._current: ServingModel | None = None
+        self._last_reload: dict[str, Any] | None = None
+        self._reload_lock = asyncio.Lock()
+        self._warming: asyncio.Future | None = None
+        self._batched = _in_replica()  # @serve.batch needs a replica; plain-class tests score directly
+        self._score_batch.set_max_batch_size(self._cfg.serve.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(self._cfg.serve.batch_wait_timeout_s)
+
+    # -- model lifecycle
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load the model named by user_config, then swap; on failure keep the old one (see module doc)."""
+        spec = ModelSpec.model_validate(user_config)
+        async with self._reload_lock:
+            current = self._current
+            try:
+                new = await asyncio.to_thread(load_serving_model, spec, self._cfg, self._loader, self._device)
+            except Exception as err:  # noqa: BLE001 - any load failure must leave the old model serving
+                message = f"loading {spec.model} failed: {type(err).__name__}: {err}"
+                logger.error("CTRScorer hot reload: %s", message)
+                self._last_reload = {"uri": spec.model, "ok": False, "error": message, "at": _now()}
+                if current is not None:
+                    return
+                if not spec.fallback:
+                    raise RuntimeError(f"CTRScorer: no model to serve: {message}") from err
+                new = await asyncio.to_thread(
+                    load_serving_model, ModelSpec(model=spec.fallback), self._cfg, self._loader, self._device
+                )
+            else:
+                self._last_reload = {"uri": spec.model, "ok": True, "error": None, "at": _now()}
+            self._current = new  # one reference swap: in-flight requests keep the model they started with
+            logger.info("CTRScorer serving %s %s from %s", new.name, new.version, new.checkpoint)
+        # In the background: the scorer is ready without it, cold-start requests wait for it if needed.
+        self._warming = asyncio.ensure_future(self._warm_encoder(new))
+
+    async def _warm_encoder(self, model: ServingModel) -> None:
+        if self._encoder is None or not model.model.text_dim:
+            return
+        try:
+            dim = await self._encoder.warm.remote(**encoder_settings(model.config))
+            if dim != model.model.text_dim:
+                logger.error("ItemEncoder dim %s != model text dim %s", dim, model.model.text_dim)
+        except Exception as err:  # noqa: BLE001 - cold start degrades to hashed ids, scoring goes on
+            logger.error("ItemEncoder failed to load %s: %s", encoder_settings(model.config), err)
+
+    def check_health(self) -> None:
+        if self._current is None:
+            raise RuntimeError("CTRScorer has no model loaded")
+
+    def info(self) -> dict[str, Any]:
+        if self._current is None:
+            raise RuntimeError("CTRScorer has no model loaded")
+        out = self._current.describe()
+        out["config"]["serve"] = self._cfg.serve.model_dump()
+        out["last_reload"] = self._last_reload
+        return out
+
+    # -- scoring
+
+    async def score(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A ScoreResponse dict for `ScoreRequest.payload()`."""
+        current = self._current
+        if current is None:
+            raise RuntimeError("CTRScorer has no model loaded")
+        job = prepare_job(current, payload)
+        if job.cold:
+            job.text = await self._embed_cold(current, job)
+        if self._batched:
+            probs, attention = await self._score_batch((current, job))
+        else:
+            [(probs, attention)] = self._score_items([(current, job)])
+        return build_response(current, job, probs, attention)
+
+    async def _embed_cold(self, model: ServingModel, job: Job) -> np.ndarray | None:
+        """Text vectors of the job's cold candidates; on any encoder failure they fall back to hashed."""
+        if self._encoder is not None:
+            try:
+                vectors = await self._encoder.encode.remote(job.cold_texts, **encoder_settings(model.config))
+                if vectors.shape == (len(job.cold), model.model.text_dim):
+                    return vectors
+                logger.error(
+                    "ItemEncoder returned %s, model expects (%d, %d)",
+                    vectors.shape,
+                    len(job.cold),
+                    model.model.text_dim,
+                )
+            except Exception as err:  # noqa: BLE001 - degrade, never fail the request
+                logger.error(
+                    "ItemEncoder failed; scoring %d text candidates by hashed id: %s", len(job.cold), err
+                )
+        for i in job.cold:
+            job.sources[i] = "hashed"
+        job.cold, job.cold_texts = [], []
+        return None
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _score_batch(self, items: list[tuple[ServingModel, Job]]) -> list[tuple[np.ndarray, Any]]:
+        # Inline, not in a thread: a batch takes milliseconds, and on 2 CPUs a thread hand-off per
+        # batch costs more than it frees. Requests arriving meanwhile queue up for the next batch.
+        return self._score_items(items)
+
+    def _score_items(self, items: list[tuple[ServingModel, Job]]) -> list[tuple[np.ndarray, Any]]:
+        """Score a batch; during a hot swap a batch can hold two models, each scores its own jobs."""
+        results: list[Any] = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (model, _) in enumerate(items):
+            groups.setdefault(id(model), []).append(i)
+        for positions in groups.values():
+            model = items[positions[0]][0]
+            scored = score_jobs(model.model, [items[i][1] for i in positions], self._device)
+            for i, result in zip(positions, scored, strict=True):
+                results[i] = result
+        return results

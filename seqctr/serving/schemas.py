@@ -1,0 +1,145 @@
+"""Request and response models of the HTTP API (`/v1/score`, `/v1/rank`, `/v1/model`).
+
+Pydantic does the checking, so every bad request is a 422 whose `loc` names the field (FastAPI's
+standard error shape). Limits that depend on the config (`serve.max_candidates`) are checked by the
+ingress with `candidates_error`, which returns an error of the same shape.
+
+    {"user_id": "u1", "history": ["i3", 17], "candidates": ["i9", {"item_id": "new", "text": "red shoes"}]}
+
+Item ids may be strings or integers; both are compared as strings, as in the training data.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+
+def _id_text(value: str | int) -> str:
+    text = str(value)
+    if not text:
+        raise ValueError("item ids must not be empty")
+    return text
+
+
+ItemId = Annotated[StrictStr | StrictInt, AfterValidator(_id_text)]
+"""A string or integer item id, turned into its string form (`17` and `"17"` are the same item)."""
+
+ItemSource = Literal["known", "text", "hashed"]
+"""How a candidate was represented: `known` = the model's item table; `text` = an unseen id whose text
+was embedded by the ItemEncoder (cold start); `hashed` = an unseen id without text, scored through its
+hashed id bucket alone (the id embedding learned for whatever items share that bucket)."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are 422s: a misspelt field must not be ignored silently.
+    model_config = ConfigDict(extra="forbid")
+
+
+class CandidateItem(_Strict):
+    """A candidate with its text, so an item the model has never seen can still be scored by content."""
+
+    item_id: ItemId = Field(description="Item id (string or integer).")
+    text: str | None = Field(None, description="Title or description; used only when the id is unknown.")
+
+
+class ScoreRequest(_Strict):
+    """One user's history and the candidates to score for them."""
+
+    user_id: str | None = Field(None, description="Caller's user id (echoed in logs, not used by the model).")
+    history: list[ItemId] = Field(
+        description="Items the user clicked, oldest first; longer than max_seq_len = cut to the most recent."
+    )
+    candidates: list[ItemId | CandidateItem] = Field(
+        min_length=1, description="Item ids or {item_id, text} objects; at most serve.max_candidates."
+    )
+    explain: bool = Field(False, description="Return each history item's attention weight per candidate.")
+
+    def candidate_items(self) -> list[CandidateItem]:
+        """Every candidate as a CandidateItem (a bare id has no text)."""
+        return [c if isinstance(c, CandidateItem) else CandidateItem(item_id=c) for c in self.candidates]
+
+    def payload(self) -> dict[str, Any]:
+        """The plain dict the scorer deployment takes (cheap to send through a deployment handle)."""
+        items = self.candidate_items()
+        return {
+            "user_id": self.user_id,
+            "history": list(self.history),
+            "candidates": [c.item_id for c in items],
+            "texts": [c.text for c in items],
+            "explain": self.explain,
+        }
+
+
+class RankRequest(ScoreRequest):
+    """A score request plus how many of the best candidates to return."""
+
+    k: int = Field(10, ge=1, description="Number of top candidates returned (all when k exceeds them).")
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float = Field(description="Click probability.")
+    source: ItemSource = Field(
+        description="known | text (cold start, embedded) | hashed (unseen id, no text)."
+    )
+    attention: list[float] | None = Field(
+        None, description="With explain and an attention model: weight of each item of `history` (sums to 1)."
+    )
+
+
+class ScoreResponse(BaseModel):
+    model: str = Field(description="Model name (registry name, else the experiment name).")
+    version: str = Field(description="Registry version, else sha256: of the checkpoint manifest.")
+    scores: list[float] = Field(description="Click probabilities in candidate order.")
+    items: list[ScoredItem] = Field(description="Per candidate, in candidate order.")
+    history: list[str] | None = Field(
+        None, description="With explain: the history the model read (after the cut), which attention indexes."
+    )
+
+
+class RankResponse(BaseModel):
+    model: str
+    version: str
+    items: list[ScoredItem] = Field(description="The top k candidates, best first (ties keep request order).")
+    history: list[str] | None = None
+
+
+class ReloadStatus(BaseModel):
+    uri: str
+    ok: bool
+    error: str | None = None
+    at: str = Field(description="UTC time of the attempt (ISO 8601).")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    uri: str = Field(description="The model URI being served (registry://NAME@ALIAS or a folder).")
+    resolved: str = Field(description="What the URI named when loaded (registry://NAME@v0003, a folder).")
+    checkpoint: str = Field(description="The local checkpoint folder it was loaded from.")
+    loaded_at: str
+    metrics: dict[str, Any]
+    attention: bool = Field(description="Whether `explain` returns attention weights.")
+    quantized: Literal["none", "int8"]
+    config: dict[str, Any] = Field(description="Summary: model, max_seq_len, encoder and serve settings.")
+    last_reload: ReloadStatus | None = Field(
+        None, description="The latest hot-reload attempt; ok=false keeps the previous model serving."
+    )
+
+
+def validation_error(loc: tuple[str | int, ...], msg: str, kind: str, value: Any = None) -> dict[str, Any]:
+    """One error in FastAPI's 422 shape, so config-dependent checks read like pydantic's own."""
+    return {"type": kind, "loc": list(loc), "msg": msg, "input": value}
+
+
+def candidates_error(count: int, max_candidates: int) -> dict[str, Any] | None:
+    """The 422 error for too many candidates, or None when `count` is within the limit."""
+    if count <= max_candidates:
+        return None
+    return validation_error(
+        ("body", "candidates"),
+        f"at most {max_candidates} candidates per request (serve.max_candidates), got {count}",
+        "too_long",
+    )
