@@ -71,26 +71,33 @@ def api_key_env_vars(api_key_env: str) -> dict[str, str]:
     return {api_key_env: value} if value else {}
 
 
+def running_cluster() -> str | None:
+    """RAY_ADDRESS, else the cluster a `ray start` on this machine recorded; None if neither.
+    (Never Ray's "auto" search, which would join any Ray found here, e.g. another user's test run.)"""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:
+        from ray._private.utils import read_ray_address
+
+        return read_ray_address() or None
+    except Exception:  # noqa: BLE001 - no record means no cluster to join
+        return None
+
+
 def connect_ray(detach: bool) -> None:
-    """Join RAY_ADDRESS or a running local cluster; else start a local one (not with --detach, whose app
-    would die with this process)."""
+    """Join RAY_ADDRESS or a `ray start` cluster; else start a local Ray (not with --detach, whose app
+    would stop when this command exits)."""
     import ray
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
-    try:
-        ray.init(address=address or "auto", log_to_driver=True, configure_logging=False)
-        return
-    except ConnectionError:
-        if address:
-            raise
-    if detach:
+    address = running_cluster()
+    if address is None and detach:
         raise ConfigError(
             "--detach needs a running Ray cluster (`ray start --head`, or RAY_ADDRESS): "
             "an app on a Ray started by this command would stop when it exits"
         )
-    ray.init(log_to_driver=True, configure_logging=False)
+    ray.init(address=address, log_to_driver=True, configure_logging=False)
 
 
 def live_applications(client: Any) -> dict[str, dict[str, Any]]:

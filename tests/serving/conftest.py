@@ -1,0 +1,14 @@
+"""Fixtures of the serving tests (helpers live in serving_helpers.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from serving_helpers import write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {"a": write_checkpoint(root / "a", seed=0), "b": write_checkpoint(root / "b", seed=1)}

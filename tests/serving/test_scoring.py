@@ -1,0 +1,259 @@
+"""The scorer without Ray: request encoding, batched scoring, hot-reload semantics, quantisation, the
+encoder cache, the schemas, the client's retries and the app builder's inputs."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from serving_helpers import offline_scores, tiny_serving_config, write_checkpoint
+
+from seqctr.platform.config import CONFIGS_DIR, ConfigError
+from seqctr.platform.embeddings import TextEncoder
+from seqctr.platform.predictor import load_model
+from seqctr.serving.app import AppArgs, app_config, autoscaling_config, build_app, read_api_key
+from seqctr.serving.client import CTRClient, CTRClientError
+from seqctr.serving.commands import connect_ray, running_cluster, serve_args
+from seqctr.serving.deployments import CTRScorer, ItemEncoder, ModelSpec, prepare_job, score_jobs
+from seqctr.serving.schemas import RankRequest, ScoreRequest, candidates_error
+
+Scorer = CTRScorer  # the plain class (app.py adds the routes): no Serve needed
+HISTORY = [f"i{k}" for k in range(14)]
+CANDIDATES = ["i1", "i20", "unseen-x", "i7"]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class _Remote:
+    """Stands in for a DeploymentHandle method: `.remote(...)` returns an awaitable."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def remote(self, *args, **kwargs):
+        async def call():
+            return self.fn(*args, **kwargs)
+
+        return call()
+
+
+def make_scorer(checkpoint, encoder=None, loader=None, *overrides: str):
+    cfg = tiny_serving_config(*overrides)
+    scorer = Scorer(cfg.to_dict(), encoder, loader, torch_threads=0)
+    run(scorer.reconfigure({"model": str(checkpoint)}))
+    return scorer
+
+
+def test_scores_equal_the_offline_predictor(checkpoints):
+    scorer = make_scorer(checkpoints["a"])
+    for history in (HISTORY, HISTORY[:3], [], ["nobody-knows", "i2"]):
+        out = run(scorer.score({"history": history, "candidates": CANDIDATES}))
+        np.testing.assert_allclose(
+            out["scores"], offline_scores(checkpoints["a"], history, CANDIDATES), atol=1e-5
+        )
+    assert [i["source"] for i in out["items"]] == ["known", "known", "hashed", "known"]
+
+
+def test_one_batch_of_many_requests_equals_each_alone(checkpoints):
+    model = make_scorer(checkpoints["a"])._current
+    jobs = [
+        prepare_job(model, {"history": HISTORY[:k], "candidates": CANDIDATES[: 1 + k % 4], "explain": True})
+        for k in range(12)
+    ]
+    together = score_jobs(model.model, jobs)
+    for job, (probs, attention) in zip(jobs, together, strict=True):
+        [(alone, alone_attention)] = score_jobs(model.model, [job])
+        np.testing.assert_allclose(probs, alone, atol=1e-6)
+        assert attention.shape == (len(job.candidates), len(job.history))
+        if job.history:
+            np.testing.assert_allclose(attention.sum(1), 1.0, atol=1e-5)
+            np.testing.assert_allclose(attention, alone_attention, atol=1e-6)
+
+
+def test_history_is_cut_to_the_most_recent(checkpoints):
+    model = make_scorer(checkpoints["a"])._current
+    job = prepare_job(model, {"history": HISTORY, "candidates": ["i1"]})
+    assert job.history == HISTORY[-10:] and len(job.hist_idx) == 10
+
+
+def test_failed_reload_keeps_the_old_model(checkpoints):
+    calls = []
+
+    def loader(path, device):
+        calls.append(path)
+        if "broken" in path:
+            raise FileNotFoundError(f"checkpoint {path}: missing file model.safetensors")
+        return load_model(path, device)
+
+    scorer = make_scorer(checkpoints["a"], None, loader)
+    before = run(scorer.score({"history": HISTORY, "candidates": CANDIDATES}))
+    run(scorer.reconfigure({"model": "/nowhere/broken"}))
+    info = scorer.info()
+    assert info["checkpoint"] == str(checkpoints["a"])
+    assert (
+        info["last_reload"]["ok"] is False
+        and "missing file model.safetensors" in info["last_reload"]["error"]
+    )
+    assert run(scorer.score({"history": HISTORY, "candidates": CANDIDATES}))["scores"] == before["scores"]
+    run(scorer.reconfigure({"model": str(checkpoints["b"])}))
+    assert scorer.info()["checkpoint"] == str(checkpoints["b"]) and scorer.info()["last_reload"]["ok"] is True
+
+
+def test_new_replica_falls_back_when_its_model_fails(checkpoints):
+    cfg = tiny_serving_config()
+    scorer = Scorer(cfg.to_dict(), torch_threads=0)
+    run(scorer.reconfigure({"model": "/nowhere/broken", "fallback": str(checkpoints["a"])}))
+    assert (
+        scorer.info()["checkpoint"] == str(checkpoints["a"]) and scorer.info()["last_reload"]["ok"] is False
+    )
+    with pytest.raises(RuntimeError, match="no model to serve.*nowhere"):
+        run(Scorer(cfg.to_dict(), torch_threads=0).reconfigure({"model": "/nowhere/broken"}))
+    with pytest.raises(RuntimeError, match="no model loaded"):
+        Scorer(cfg.to_dict(), torch_threads=0).check_health()
+    with pytest.raises(ValidationError, match="modle"):
+        ModelSpec.model_validate({"modle": "x"})
+
+
+def test_cold_start_text_goes_through_the_encoder_and_degrades_to_hashed(checkpoints):
+    encoder = TextEncoder("tiny", max_length=16)
+    calls = []
+
+    def encode(texts, name, max_length, pooling):
+        calls.append((texts, name, max_length, pooling))
+        return encoder.encode(texts)
+
+    handle = SimpleNamespace(encode=_Remote(encode), warm=_Remote(lambda **_: encoder.dim))
+    scorer = make_scorer(checkpoints["a"], handle)
+    body = {"history": HISTORY, "candidates": ["i1", "new-1", "i2"], "texts": [None, "blue mug", "ignored"]}
+    out = run(scorer.score(body))
+    assert [i["source"] for i in out["items"]] == ["known", "text", "known"]
+    assert calls == [(["blue mug"], "tiny", 16, "mean")]  # known ids never reach the encoder
+
+    def broken(*_args, **_kwargs):
+        raise ConnectionError("encoder replica down")
+
+    handle.encode = _Remote(broken)
+    degraded = run(scorer.score(body))
+    assert [i["source"] for i in degraded["items"]] == ["known", "hashed", "known"]
+    hashed = run(scorer.score({"history": HISTORY, "candidates": ["i1", "new-1", "i2"]}))
+    assert degraded["scores"] == hashed["scores"]
+
+
+def test_int8_quantisation_stays_close_to_fp32(checkpoints):
+    fp32 = make_scorer(checkpoints["a"])
+    int8 = make_scorer(checkpoints["a"], None, None, "serve.quantize=int8")
+    assert int8.info()["quantized"] == "int8"
+    assert type(int8._current.model.encoder.rnn).__module__ == "torch.ao.nn.quantized.dynamic.modules.rnn"
+    body = {"history": HISTORY, "candidates": [f"i{k}" for k in range(40)]}
+    a, b = run(fp32.score(body))["scores"], run(int8.score(body))["scores"]
+    np.testing.assert_allclose(a, b, atol=0.02)
+    assert np.corrcoef(a, b)[0, 1] > 0.95
+
+
+def test_item_encoder_caches_recent_texts():
+    enc = ItemEncoder.func_or_class(cache_size=2, torch_threads=0)
+    reference = TextEncoder("tiny", max_length=16)
+    out = run(enc.encode(["a b", "c d", "a b"], "tiny", 16, "mean"))
+    np.testing.assert_allclose(out, reference.encode(["a b", "c d", "a b"]), atol=1e-5)
+    assert enc.cache_info() == {"size": 2, "capacity": 2, "hits": 1, "misses": 2}
+    run(enc.encode(["e f"], "tiny", 16, "mean"))  # evicts the least recently used ("c d")
+    run(enc.encode(["a b"], "tiny", 16, "mean"))
+    assert enc.cache_info()["hits"] == 2
+    run(enc.encode(["c d"], "tiny", 16, "mean"))
+    assert enc.cache_info()["misses"] == 4
+
+
+def test_schemas_coerce_ids_and_name_bad_fields():
+    req = RankRequest(history=[1, "b"], candidates=[2, {"item_id": 3, "text": "t"}], k=1)
+    assert req.payload() == {
+        "user_id": None,
+        "history": ["1", "b"],
+        "candidates": ["2", "3"],
+        "texts": [None, "t"],
+        "explain": False,
+    }
+    for body, loc in (
+        ({"history": [True], "candidates": ["a"]}, ("history", 0)),
+        ({"history": [], "candidates": [""]}, ("candidates", 0)),
+        ({"history": [], "candidates": ["a"], "extra": 1}, ("extra",)),
+    ):
+        with pytest.raises(ValidationError) as err:
+            ScoreRequest.model_validate(body)
+        assert any(e["loc"][: len(loc)] == loc for e in err.value.errors()), err.value.errors()
+    assert candidates_error(3, 3) is None
+    assert candidates_error(4, 3)["loc"] == ["body", "candidates"]
+
+
+def test_client_retries_connection_errors_and_503():
+    answers = iter(["refuse", 503, 200])
+    ok = {
+        "model": "m",
+        "version": "v",
+        "scores": [0.5],
+        "items": [{"item_id": "a", "score": 0.5, "source": "known"}],
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["X-API-Key"] == "k"
+        answer = next(answers)
+        if answer == "refuse":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(answer, json=ok if answer == 200 else {"detail": "busy"})
+
+    with CTRClient(
+        "http://x", api_key="k", retries=2, backoff_s=0, transport=httpx.MockTransport(handler)
+    ) as c:
+        assert c.score(["h"], ["a"]).scores == [0.5]
+
+    def unprocessable(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json={"detail": [{"loc": ["body", "candidates"], "msg": "too many"}]})
+
+    with CTRClient("http://x", retries=2, backoff_s=0, transport=httpx.MockTransport(unprocessable)) as c:
+        with pytest.raises(CTRClientError) as err:
+            c.rank(["h"], ["a"], k=1)
+    assert err.value.status == 422 and err.value.detail[0]["loc"] == ["body", "candidates"]
+
+
+def test_app_config_and_builder_inputs(tmp_path, monkeypatch):
+    args, http = serve_args(CONFIGS_DIR / "serve.yaml", ["serve.max_batch_size=4"])
+    assert http == {"host": "127.0.0.1", "port": 8000}
+    assert args == {"config": "configs/default.yaml", "overrides": ["serve.max_batch_size=4"]}
+    cfg = app_config(AppArgs.model_validate(args))
+    assert cfg.serve.max_batch_size == 4 and cfg.name == "seqctr"
+    assert autoscaling_config(cfg.serve) == {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 4.0,
+        "upscale_delay_s": 5.0,
+        "downscale_delay_s": 30.0,
+    }
+    with pytest.raises(ConfigError, match="serve.min_replicas=3 > serve.max_replicas=2"):
+        app_config(AppArgs(overrides=["serve.min_replicas=3"]))
+    with pytest.raises(ValidationError, match="modle"):
+        build_app({"modle": "x"})
+    monkeypatch.delenv("SEQCTR_UNSET_KEY", raising=False)
+    with pytest.raises(ConfigError, match="SEQCTR_UNSET_KEY"):
+        read_api_key("SEQCTR_UNSET_KEY")
+    ckpt = write_checkpoint(tmp_path / "ck")
+    app = build_app({"model": str(ckpt), "overrides": ["serve.quantize=int8"]})
+    assert type(app).__name__ == "Application"
+
+
+def test_serve_joins_only_a_named_or_recorded_cluster(monkeypatch):
+    import ray
+    import ray._private.utils
+
+    monkeypatch.setattr(ray._private.utils, "read_ray_address", lambda *args: None)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert running_cluster() == "10.0.0.5:6379"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert running_cluster() is None  # never Ray's "auto" search of every local Ray
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(ConfigError, match="--detach needs a running Ray cluster"):
+        connect_ray(detach=True)
