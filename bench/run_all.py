@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["generate_speed.py", "build_speed.py", "embed_speed.py", "serve_latency.py"]
+BENCHES = ["generate_speed.py", "build_speed.py", "embed_speed.py", "train_throughput.py", "serve_latency.py"]
 
 
 def main() -> int:
