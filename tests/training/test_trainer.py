@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from seqctr.platform.checkpoint import read_checkpoint
 from seqctr.platform.config import ExperimentConfig, load_config, resolve_paths
@@ -87,3 +88,50 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path):
     cfg = tiny_experiment(tmp_path, **{"train.run_name": "missing"})
     with pytest.raises(FileNotFoundError, match="no run to resume"):
         run_training(cfg, resume=True)
+
+
+def test_warm_start_from_the_registry_extends_the_index_and_records_its_parent(trained, tmp_path):
+    """Retraining on a newer log with more items: known items keep their rows, weights start from the
+    parent (with a vanishing learning rate they are still the parent's after an epoch), lineage is kept."""
+    from seqctr.platform.config import SyntheticConfig
+    from seqctr.platform.features import ItemIndex
+    from seqctr.platform.registry import Registry
+
+    parent_cfg, parent = trained
+    registry_root = tmp_path / "registry"
+    registry = Registry(str(registry_root))
+    name = parent_cfg.registry.name
+    first = registry.register(name, parent["best_checkpoint"], run_id="tiny")
+    registry.promote(name, first.version, force=True)
+
+    cfg = tiny_experiment(
+        tmp_path,
+        **{
+            "train.epochs": 1,
+            "train.run_name": "warm",
+            "train.lr": 1e-9,
+            "model.attention": True,
+            "registry.root": str(registry_root),
+        },
+    )
+    grown = SyntheticConfig(**{**cfg.data.synthetic.model_dump(), "items": 180, "seed": 1})
+    generate_synthetic(grown, tmp_path / "work" / "data")
+    child = run_training(cfg, init_from=f"registry://{name}@production")
+
+    old = read_checkpoint(parent["best_checkpoint"])
+    new = read_checkpoint(child["best_checkpoint"])
+    old_ids, new_ids = ItemIndex.from_json(old.item_index_json).ids, ItemIndex.from_json(new.item_index_json).ids
+    assert new_ids[: len(old_ids)] == old_ids
+    assert set(new_ids[len(old_ids) :]) and "i000179" in new_ids
+    carried = [k for k, t in old.model_state.items() if k in new.model_state and t.shape == new.model_state[k].shape]
+    assert {"encoder.rnn.weight_ih_l0", "items.id_embedding.weight", "head.0.weight"} <= set(carried)
+    for key in carried:
+        if key.rsplit(".", 1)[-1] in ("text_table", "item_input_ids", "item_attention_mask"):
+            continue  # rebuilt from the new item table
+        assert torch.allclose(new.model_state[key].float(), old.model_state[key].float(), atol=1e-5), key
+
+    assert json.loads((Path(child["best_checkpoint"]) / "lineage.json").read_text())["parent"] == (
+        f"registry://{name}@production"
+    )
+    second = registry.register(name, child["best_checkpoint"], run_id="warm")
+    assert second.parent == f"{name}@{first.version}"
