@@ -1,17 +1,24 @@
-"""A typed Python client for the CTR endpoint.
+"""Typed Python clients for the CTR endpoint, blocking (`CTRClient`) and asyncio (`AsyncCTRClient`).
 
     from seqctr.serving.client import CTRClient
     with CTRClient("http://127.0.0.1:8000") as client:
         print(client.rank(history=["i1", "i2"], candidates=["i3", "i4", "i5"], k=2).items)
 
-Scoring is a pure function of its input, so the client retries it safely: on connection errors,
-timeouts and 503 (no replica ready, e.g. during a rolling update), with exponential backoff.
+    async with AsyncCTRClient("http://127.0.0.1:8000") as client:
+        print((await client.score(history=["i1"], candidates=["i3"])).scores)
+
+Scoring is a pure function of its input, so both clients retry it safely (`RetryPolicy`): on connection
+errors, timeouts and 5xx answers, with exponential backoff. A 5xx is what Serve's proxy answers when
+the replica holding a request dies (500) or none is ready (503, e.g. during a rolling update); the
+retry then lands on a live replica. 4xx answers (a bad request) are never retried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -29,6 +36,7 @@ from seqctr.serving.schemas import (
 API_KEY_HEADER = "X-API-Key"
 Candidate = str | int | CandidateItem | dict[str, Any]
 R = TypeVar("R", bound=BaseModel)
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
 
 class CTRClientError(RuntimeError):
@@ -40,8 +48,67 @@ class CTRClientError(RuntimeError):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When an idempotent request is sent again: `retries` extra attempts on a transport error or a status
+    in `statuses`, waiting backoff_s, 2*backoff_s, ... (at most max_backoff_s) in between."""
+
+    retries: int = 3
+    backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    statuses: frozenset[int] = RETRY_STATUSES
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.backoff_s < 0:
+            raise ValueError(f"backoff_s must be >= 0, got {self.backoff_s}")
+
+    def delay(self, attempt: int, outcome: httpx.Response | httpx.TransportError) -> float | None:
+        """Seconds to wait before trying again after attempt `attempt` (0-based), or None: give up."""
+        if attempt >= self.retries:
+            return None
+        if isinstance(outcome, httpx.Response) and outcome.status_code not in self.statuses:
+            return None
+        return min(self.backoff_s * 2**attempt, self.max_backoff_s)
+
+
+def _score_body(
+    history: Sequence[str | int], candidates: Sequence[Candidate], user_id: str | None, explain: bool
+) -> dict[str, Any]:
+    request = ScoreRequest(user_id=user_id, history=list(history), candidates=list(candidates), explain=explain)
+    return request.model_dump(exclude_none=True)
+
+
+def _rank_body(
+    history: Sequence[str | int], candidates: Sequence[Candidate], k: int, user_id: str | None, explain: bool
+) -> dict[str, Any]:
+    request = RankRequest(user_id=user_id, history=list(history), candidates=list(candidates), explain=explain, k=k)
+    return request.model_dump(exclude_none=True)
+
+
+def _parse(outcome: httpx.Response | httpx.TransportError, out: type[R], url: str) -> R:
+    """The final attempt's answer as `out`; a transport error is re-raised, an error status raised."""
+    if isinstance(outcome, httpx.TransportError):
+        raise outcome
+    if outcome.is_error:
+        raise CTRClientError(outcome.status_code, _detail(outcome), url)
+    return out.model_validate(outcome.json())
+
+
+def _detail(response: httpx.Response) -> Any:
+    try:
+        return response.json().get("detail", response.text)
+    except ValueError:
+        return response.text
+
+
+def _policy(retries: int, backoff_s: float, retry_statuses: Collection[int]) -> RetryPolicy:
+    return RetryPolicy(retries=retries, backoff_s=backoff_s, statuses=frozenset(retry_statuses))
+
+
 class CTRClient:
-    """score / rank / model_info over HTTP; `retries` extra attempts on connection errors and 503."""
+    """score / rank / model_info over HTTP, retried per `RetryPolicy` (retries=0 turns retrying off)."""
 
     def __init__(
         self,
@@ -51,13 +118,11 @@ class CTRClient:
         retries: int = 3,
         backoff_s: float = 0.2,
         transport: httpx.BaseTransport | None = None,
+        retry_statuses: Collection[int] = RETRY_STATUSES,
     ) -> None:
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
-        headers = {API_KEY_HEADER: api_key} if api_key else {}
+        self.policy = _policy(retries, backoff_s, retry_statuses)
         self.url = url.rstrip("/")
-        self.retries = retries
-        self.backoff_s = backoff_s
+        headers = {API_KEY_HEADER: api_key} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
 
     def __enter__(self) -> CTRClient:
@@ -78,10 +143,8 @@ class CTRClient:
         explain: bool = False,
     ) -> ScoreResponse:
         """Click probabilities of `candidates` (ids, or {"item_id", "text"} for new items), in order."""
-        request = ScoreRequest(
-            user_id=user_id, history=list(history), candidates=list(candidates), explain=explain
-        )
-        return self._request("POST", "/v1/score", ScoreResponse, request.model_dump(exclude_none=True))
+        body = _score_body(history, candidates, user_id, explain)
+        return self._request("POST", "/v1/score", ScoreResponse, body)
 
     def rank(
         self,
@@ -93,10 +156,7 @@ class CTRClient:
         explain: bool = False,
     ) -> RankResponse:
         """The k best candidates, best first."""
-        request = RankRequest(
-            user_id=user_id, history=list(history), candidates=list(candidates), explain=explain, k=k
-        )
-        return self._request("POST", "/v1/rank", RankResponse, request.model_dump(exclude_none=True))
+        return self._request("POST", "/v1/rank", RankResponse, _rank_body(history, candidates, k, user_id, explain))
 
     def model_info(self) -> ModelInfo:
         """Name, version, metrics and config of the served model, and the latest reload attempt."""
@@ -105,22 +165,85 @@ class CTRClient:
     def _request(self, method: str, path: str, out: type[R], body: dict[str, Any] | None = None) -> R:
         attempt = 0
         while True:
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = self._http.request(method, path, json=body)
-            except httpx.TransportError:  # refused, reset, timed out: nothing was scored, try again
-                if attempt >= self.retries:
-                    raise
-            else:
-                if response.status_code != 503 or attempt >= self.retries:
-                    if response.is_error:
-                        raise CTRClientError(response.status_code, _detail(response), self.url + path)
-                    return out.model_validate(response.json())
-            time.sleep(self.backoff_s * 2**attempt)
+                outcome = self._http.request(method, path, json=body)
+            except httpx.TransportError as err:  # refused, reset, timed out: nothing was scored
+                outcome = err
+            wait = self.policy.delay(attempt, outcome)
+            if wait is None:
+                return _parse(outcome, out, self.url + path)
+            time.sleep(wait)
             attempt += 1
 
 
-def _detail(response: httpx.Response) -> Any:
-    try:
-        return response.json().get("detail", response.text)
-    except ValueError:
-        return response.text
+class AsyncCTRClient:
+    """The asyncio twin of CTRClient (same methods, awaited; same RetryPolicy), for callers that keep
+    many requests in flight on one event loop."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry_statuses: Collection[int] = RETRY_STATUSES,
+    ) -> None:
+        self.policy = _policy(retries, backoff_s, retry_statuses)
+        self.url = url.rstrip("/")
+        headers = {API_KEY_HEADER: api_key} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> AsyncCTRClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def score(
+        self,
+        history: Sequence[str | int],
+        candidates: Sequence[Candidate],
+        *,
+        user_id: str | None = None,
+        explain: bool = False,
+    ) -> ScoreResponse:
+        """Click probabilities of `candidates`, in order (see CTRClient.score)."""
+        body = _score_body(history, candidates, user_id, explain)
+        return await self._request("POST", "/v1/score", ScoreResponse, body)
+
+    async def rank(
+        self,
+        history: Sequence[str | int],
+        candidates: Sequence[Candidate],
+        k: int = 10,
+        *,
+        user_id: str | None = None,
+        explain: bool = False,
+    ) -> RankResponse:
+        """The k best candidates, best first."""
+        body = _rank_body(history, candidates, k, user_id, explain)
+        return await self._request("POST", "/v1/rank", RankResponse, body)
+
+    async def model_info(self) -> ModelInfo:
+        """The served model and the latest reload attempt (see CTRClient.model_info)."""
+        return await self._request("GET", "/v1/model", ModelInfo)
+
+    async def _request(self, method: str, path: str, out: type[R], body: dict[str, Any] | None = None) -> R:
+        attempt = 0
+        while True:
+            outcome: httpx.Response | httpx.TransportError
+            try:
+                outcome = await self._http.request(method, path, json=body)
+            except httpx.TransportError as err:
+                outcome = err
+            wait = self.policy.delay(attempt, outcome)
+            if wait is None:
+                return _parse(outcome, out, self.url + path)
+            await asyncio.sleep(wait)
+            attempt += 1

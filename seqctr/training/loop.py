@@ -70,6 +70,11 @@ def predict_shard(model: nn.Module, shard: Any, batch_size: int, device: torch.d
     return {"label": np.concatenate(labels), "prob": np.concatenate(probs), "user": np.concatenate(users)}
 
 
+def epoch_seed(seed: int, rank: int, epoch: int, stream: int) -> int:
+    """A well-mixed seed for one epoch of one worker; `stream` keeps dropout and augmentation apart."""
+    return int(np.random.SeedSequence([seed, rank, epoch, stream]).generate_state(1)[0])
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -86,14 +91,22 @@ def train_epoch(
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     batches = shard.iter_torch_batches(
-        batch_size=t.batch_size, device=device, local_shuffle_buffer_size=4 * t.batch_size,
+        batch_size=t.batch_size,
+        device=device,
+        local_shuffle_buffer_size=4 * t.batch_size,
         local_shuffle_seed=seed,
     )
     for batch in batches:
         inputs = to_model_inputs(batch)
         inputs["hist_idx"], inputs["hist_bucket"], inputs["hist_len"] = augment_history(
-            inputs["hist_idx"], inputs["hist_bucket"], inputs["hist_len"], bucket_table,
-            t.truncate_prob, t.drop_prob, t.replace_prob, generator,
+            inputs["hist_idx"],
+            inputs["hist_bucket"],
+            inputs["hist_len"],
+            bucket_table,
+            t.truncate_prob,
+            t.drop_prob,
+            t.replace_prob,
+            generator,
         )
         with autocast(device):
             logits = model(inputs)
@@ -118,7 +131,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     threads = cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker))
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)  # same init on every worker; DDP also broadcasts rank 0's weights
-    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
+    generator = torch.Generator()  # augmentation; reseeded every epoch (epoch_seed)
     device = ray.train.torch.get_device()
 
     model = build_model_from_assets(cfg, assets)
@@ -151,9 +164,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.train.epochs):
         if epoch >= start_epoch and bad_epochs >= cfg.train.patience:
             break
-        stats = train_epoch(
-            model, optimizer, train_shard, cfg, bucket_table, device, generator, cfg.train.seed + epoch
-        )
+        # Dropout and augmentation draw from (seed, rank, epoch) alone, not from RNG state carried over from
+        # earlier epochs, so a run restarted from a checkpoint replays the lost epoch exactly.
+        torch.manual_seed(epoch_seed(cfg.train.seed, rank, epoch, stream=0))
+        generator.manual_seed(epoch_seed(cfg.train.seed, rank, epoch, stream=1))
+        stats = train_epoch(model, optimizer, train_shard, cfg, bucket_table, device, generator, cfg.train.seed + epoch)
         preds = _gather(predict_shard(model, val_shard, 4 * cfg.train.batch_size, device))
         val = evaluate(preds["label"], preds["prob"], preds["user"])
         samples_per_s = stats["train_samples"] / max(stats["train_seconds"], 1e-9)
@@ -175,8 +190,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if rank == 0:
                 path = os.path.join(tmp, "checkpoint")
                 save_checkpoint(
-                    path, model=model, config=cfg, item_index_json=assets.index_json, metrics=metrics,
-                    optimizer=optimizer, train_state=train_state, extra_json=assets.extra_json,
+                    path,
+                    model=model,
+                    config=cfg,
+                    item_index_json=assets.index_json,
+                    metrics=metrics,
+                    optimizer=optimizer,
+                    train_state=train_state,
+                    extra_json=assets.extra_json,
                 )
                 ckpt = ray.train.Checkpoint.from_directory(path)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:03d}")
