@@ -46,8 +46,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from seqctr.platform.checkpoint import CheckpointError
+        from seqctr.platform.registry import RegistryError
 
-        expected: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, FileNotFoundError)
+        expected: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, RegistryError, FileNotFoundError)
         try:
             from seqctr.platform.schema import DataError
 
@@ -227,11 +228,15 @@ def tune_cmd(
     no_register: bool = typer.Option(False, "--no-register", help="Do not register the winner."),
 ) -> None:
     """Run a Ray Tune campaign (ASHA + Optuna) of Ray Train trials; register and maybe promote the best."""
-    from seqctr.tuning.campaign import run_campaign
+    from seqctr.tuning.campaign import CampaignInterrupted, run_campaign
 
     cfg = get_config(config, set_)
     init_ray()
-    echo_json(run_campaign(cfg, samples, max_concurrent, resume, register=not no_register))
+    try:
+        echo_json(run_campaign(cfg, samples, max_concurrent, resume, register=not no_register))
+    except CampaignInterrupted as err:
+        typer.secho(f"interrupted: {err}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
 
 
 # --------------------------------------------------------------------------- demo

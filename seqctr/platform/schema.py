@@ -25,6 +25,10 @@ from seqctr.platform.io import filesystem_for, is_uri
 EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "label")
 ITEM_COLUMNS = ("item_id", "text")
 BATCH_ROWS = 65_536
+MAX_UNIX_SECONDS = 253_402_300_799
+"""9999-12-31T23:59:59Z. A later "unix seconds" value is almost surely milliseconds or microseconds
+(today in ms is ~1.7e12): refused, so a unit mistake cannot pass silently and skew every time split.
+A bound, not the wall clock, so validating the same log always gives the same answer."""
 
 
 class DataError(ValueError):
@@ -168,7 +172,7 @@ def _stats_prove_valid(stats: Any, t: pa.DataType, kind: str) -> bool:
     if not stats.has_min_max:
         return False
     if kind == "timestamp" and pa.types.is_integer(t):
-        return stats.min >= 0
+        return stats.min >= 0 and stats.max <= MAX_UNIX_SECONDS
     if kind == "label" and pa.types.is_integer(t):
         return stats.min >= 0 and stats.max <= 1
     if kind == "label" and pa.types.is_boolean(t):
@@ -178,6 +182,24 @@ def _stats_prove_valid(stats: Any, t: pa.DataType, kind: str) -> bool:
 
 def _first(mask: pa.Array | pa.ChunkedArray) -> int:
     return int(pc.index(mask, True).as_py())
+
+
+def _check_utf8(file: str, name: str, col: pa.Array, offset: int) -> None:
+    """Parquet strings must be UTF-8, but writers can store any bytes, and Arrow reads them unchecked:
+    invalid bytes would pass validation and crash the embedding job far from their source (a
+    UnicodeDecodeError inside a Ray task). Checked in C++; only a failing batch is walked to find the row."""
+    try:
+        col.validate(full=True)
+    except pa.ArrowInvalid:
+        for row, raw in enumerate(pc.cast(col, pa.binary()).to_pylist()):
+            try:
+                (raw or b"").decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{file}: column '{name}': invalid UTF-8 at row {offset + row} ({err.reason} at byte "
+                    f"{err.start}); texts must be UTF-8 strings"
+                ) from None
+        raise
 
 
 def _check_values(file: str, name: str, kind: str, col: pa.Array, offset: int) -> None:
@@ -196,6 +218,14 @@ def _check_values(file: str, name: str, kind: str, col: pa.Array, offset: int) -
                 f"{file}: column '{name}': negative timestamp {col[row].as_py()} at row {offset + row} "
                 "(expected unix seconds >= 0)"
             )
+        seconds = to_unix_seconds(col)
+        too_late = pc.greater(seconds, MAX_UNIX_SECONDS)
+        if pc.any(too_late).as_py():
+            row = _first(too_late)
+            raise DataError(
+                f"{file}: column '{name}': timestamp {seconds[row].as_py()} at row {offset + row} is after year 9999 "
+                "(milliseconds or microseconds? expected unix seconds)"
+            )
     elif kind == "label" and not pa.types.is_boolean(t):
         if pa.types.is_floating(t):
             nan = pc.is_nan(col)
@@ -208,7 +238,9 @@ def _check_values(file: str, name: str, kind: str, col: pa.Array, offset: int) -
                 f"{file}: column '{name}': label {col[row].as_py()} at row {offset + row}, labels must be 0 or 1"
             )
     elif kind == "text":
-        stripped = pc.utf8_trim_whitespace(pc.cast(col, pa.string()) if pa.types.is_dictionary(t) else col)
+        text = pc.cast(col, pa.string()) if pa.types.is_dictionary(t) else col
+        _check_utf8(file, name, text, offset)
+        stripped = pc.utf8_trim_whitespace(text)
         empty = pc.equal(pc.utf8_length(stripped), 0)
         if pc.any(empty).as_py():
             raise DataError(f"{file}: column '{name}': empty text at row {offset + _first(empty)}")

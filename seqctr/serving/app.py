@@ -22,6 +22,7 @@ the real request classes (not strings) to read them from the body.
 """
 
 import hmac
+import json
 import logging
 import math
 import os
@@ -29,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -46,6 +48,7 @@ from seqctr.platform.config import (
 )
 from seqctr.serving.deployments import CTRScorer, ItemEncoder, Loader, pin_model
 from seqctr.serving.schemas import (
+    ErrorResponse,
     ModelInfo,
     RankRequest,
     RankResponse,
@@ -71,11 +74,21 @@ api_key_header = APIKeyHeader(
 # ----------------------------------------------------------------------------- request guards
 
 
+def is_json_media(content_type: str | None) -> bool:
+    """Whether a Content-Type header declares JSON (application/json, application/*+json); a request
+    without one counts as JSON, as FastAPI reads it so."""
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 class BodySizeLimit:
     """ASGI middleware: a request body over `app.state.max_body_bytes` gets 413 before it is parsed.
 
     Checks Content-Length first, then counts the bytes actually received (chunked bodies), so a client
-    cannot stream past the limit by leaving the header out.
+    cannot stream past the limit by leaving the header out. A JSON body that is not UTF-8 gets a 422 here
+    too: FastAPI would answer it with a bare 400 "There was an error parsing the body".
     """
 
     def __init__(self, app: Any) -> None:
@@ -97,6 +110,14 @@ class BodySizeLimit:
             more = message.get("more_body", False)
             if len(body) > limit:
                 return await self._reject(scope, receive, send, limit)
+        content_type = dict(scope["headers"]).get(b"content-type")
+        if is_json_media(content_type.decode("latin-1") if content_type is not None else None):
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as err:
+                msg = f"JSON decode error: the body is not UTF-8 ({err.reason} at byte {err.start})"
+                error = validation_error(("body", err.start), msg, "json_invalid")
+                return await JSONResponse({"detail": [error]}, status_code=422)(scope, receive, send)
         replayed = False
 
         async def replay() -> dict:
@@ -117,6 +138,14 @@ class BodySizeLimit:
 
 
 fastapi_app.add_middleware(BodySizeLimit)
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def validation_failed(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422, written with ASCII escapes. Why: an error echoes its input, and an input holding an
+    unpaired surrogate ("\\ud800", valid JSON) cannot be encoded as UTF-8, which turned the 422 into a 500."""
+    body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+    return Response(body, status_code=422, media_type="application/json")
 
 
 def read_api_key(env_name: str) -> str | None:
@@ -143,6 +172,34 @@ def require_api_key(request: Request, key: str | None = Security(api_key_header)
         )
         raise HTTPException(status_code=401, detail=[error], headers={"WWW-Authenticate": "ApiKey"})
 
+
+def require_json(request: Request) -> None:
+    """415 for a body declared as anything but JSON (a body without Content-Type is read as JSON).
+
+    Why: FastAPI reads a body of another media type as raw bytes and answers a 422 about a missing object,
+    which hides the real mistake (e.g. `curl -d`, which sends form encoding)."""
+    declared = request.headers.get("content-type")
+    if is_json_media(declared):
+        return
+    media = (declared or "").split(";", 1)[0].strip() or "nothing"
+    msg = f"Content-Type must be application/json, got {media}"
+    error = validation_error(("header", "Content-Type"), msg, "media_type")
+    raise HTTPException(status_code=415, detail=[error])
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# Every status the routes answer besides 200 and 422, documented so clients (and schema checks) know them.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error(f"Missing or wrong {API_KEY_HEADER} header (when serve.api_key_env is set)."),
+    413: _error("Request body larger than serve.max_body_bytes."),
+    500: _error("Scoring failed; the message says why."),
+    503: _error("No model loaded yet."),
+}
+POST_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 415: _error("Content-Type is not application/json.")}
+POST_GUARDS = [Depends(require_api_key), Depends(require_json)]
 
 # ----------------------------------------------------------------------------- the deployment
 
@@ -180,13 +237,13 @@ class CTRScorerDeployment(CTRScorer):
                 status_code=500, detail=f"scoring failed: {type(err).__name__}: {err}"
             ) from err
 
-    @fastapi_app.post("/v1/score", response_model=ScoreResponse, dependencies=[Depends(require_api_key)])
+    @fastapi_app.post("/v1/score", response_model=ScoreResponse, dependencies=POST_GUARDS, responses=POST_ERRORS)
     async def http_score(self, request: ScoreRequest) -> dict[str, Any]:
         """Click probabilities of every candidate, in candidate order."""
         self._check_limits(request)
         return await self._guarded(self.score(request.payload()))
 
-    @fastapi_app.post("/v1/rank", response_model=RankResponse, dependencies=[Depends(require_api_key)])
+    @fastapi_app.post("/v1/rank", response_model=RankResponse, dependencies=POST_GUARDS, responses=POST_ERRORS)
     async def http_rank(self, request: RankRequest) -> dict[str, Any]:
         """The k best candidates by click probability, best first (ties keep request order)."""
         self._check_limits(request)
@@ -195,7 +252,7 @@ class CTRScorerDeployment(CTRScorer):
         order = sorted(range(len(items)), key=lambda i: -items[i]["score"])[: request.k]
         return {**scored, "items": [items[i] for i in order]}
 
-    @fastapi_app.get("/v1/model", response_model=ModelInfo, dependencies=[Depends(require_api_key)])
+    @fastapi_app.get("/v1/model", response_model=ModelInfo, dependencies=[Depends(require_api_key)], responses=ERRORS)
     async def http_model(self) -> dict[str, Any]:
         """The served model: name, version, metrics, config summary and the latest reload attempt."""
         try:

@@ -13,17 +13,48 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 
 
-def _id_text(value: str | int) -> str:
-    text = str(value)
-    if not text:
-        raise ValueError("item ids must not be empty")
+def _unicode(text: str) -> str:
+    """JSON may escape an unpaired surrogate ("\\ud800"), which Python reads into a str that cannot be
+    encoded: refused here (422) rather than crashing the tokenizer (500). (Pydantic's strict strings,
+    such as item ids, refuse it themselves.)"""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (an unpaired surrogate such as \\ud800 is not)") from None
     return text
 
 
-ItemId = Annotated[StrictStr | StrictInt, AfterValidator(_id_text)]
+def _whole_number(value: Any) -> Any:
+    """3.0 -> 3: JSON Schema's `integer` includes numbers with a zero fraction, and some JSON encoders
+    write every number as a float. Anything else (3.5, "3", true) is left to StrictInt to refuse."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _id_text(value: str | int) -> str:
+    return str(value)
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+"""A string that is valid Unicode (encodable as UTF-8)."""
+
+Integer = Annotated[StrictInt, BeforeValidator(_whole_number)]
+"""An integer as JSON Schema means it: 3 or 3.0, never "3" or true."""
+
+# min_length in the schema itself, so the OpenAPI document says what is refused: an empty id.
+ItemId = Annotated[Annotated[StrictStr, StringConstraints(min_length=1)] | Integer, AfterValidator(_id_text)]
 """A string or integer item id, turned into its string form (`17` and `"17"` are the same item)."""
 
 ItemSource = Literal["known", "text", "hashed"]
@@ -41,20 +72,21 @@ class CandidateItem(_Strict):
     """A candidate with its text, so an item the model has never seen can still be scored by content."""
 
     item_id: ItemId = Field(description="Item id (string or integer).")
-    text: str | None = Field(None, description="Title or description; used only when the id is unknown.")
+    text: Text | None = Field(None, description="Title or description; used only when the id is unknown.")
 
 
 class ScoreRequest(_Strict):
     """One user's history and the candidates to score for them."""
 
-    user_id: str | None = Field(None, description="Caller's user id (echoed in logs, not used by the model).")
+    user_id: Text | None = Field(None, description="Caller's user id (echoed in logs, not used by the model).")
     history: list[ItemId] = Field(
         description="Items the user clicked, oldest first; longer than max_seq_len = cut to the most recent."
     )
     candidates: list[ItemId | CandidateItem] = Field(
         min_length=1, description="Item ids or {item_id, text} objects; at most serve.max_candidates."
     )
-    explain: bool = Field(False, description="Return each history item's attention weight per candidate.")
+    # Strict, as the schema says: `"explain": 0` or `"k": "3"` are 422s, not silently coerced.
+    explain: StrictBool = Field(False, description="Return each history item's attention weight per candidate.")
 
     def candidate_items(self) -> list[CandidateItem]:
         """Every candidate as a CandidateItem (a bare id has no text)."""
@@ -75,7 +107,7 @@ class ScoreRequest(_Strict):
 class RankRequest(ScoreRequest):
     """A score request plus how many of the best candidates to return."""
 
-    k: int = Field(10, ge=1, description="Number of top candidates returned (all when k exceeds them).")
+    k: Integer = Field(10, ge=1, description="Number of top candidates returned (all when k exceeds them).")
 
 
 class ScoredItem(BaseModel):
@@ -127,6 +159,21 @@ class ModelInfo(BaseModel):
     last_reload: ReloadStatus | None = Field(
         None, description="The latest hot-reload attempt; ok=false keeps the previous model serving."
     )
+
+
+class ErrorDetail(BaseModel):
+    """One error, in FastAPI's 422 shape: where (`loc`, e.g. ["body", "candidates"]), what and why."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx/5xx answer: a list of errors naming the field, or one message."""
+
+    detail: list[ErrorDetail] | str
 
 
 def validation_error(loc: tuple[str | int, ...], msg: str, kind: str, value: Any = None) -> dict[str, Any]:
