@@ -17,7 +17,14 @@ from typing import Any
 from seqctr.platform.config import ExperimentConfig
 from seqctr.platform.io import atomic_write_text
 
-DEMO_TUNE = {"tune.num_samples": 4, "train.epochs": 2, "tune.campaign": "demo-campaign"}
+# A small campaign: 3 trials x 2 epochs on a 40k-sample subsample of train (val stays whole, so the
+# winner's val AUC is comparable with production's and the registry decides the promotion).
+DEMO_TUNE = {
+    "tune.num_samples": 3,
+    "train.epochs": 2,
+    "train.max_train_samples": 40_000,
+    "tune.campaign": "demo-campaign",
+}
 
 
 class Stages:
@@ -53,29 +60,37 @@ def _generate(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def _train(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Train (or reuse the run trained with this exact config), then register it; the first version
+    becomes `production`, so the endpoint has a model even before any campaign."""
     from seqctr.training.trainer import run_training
+    from seqctr.tuning.campaign import register_best
 
     report = Path(cfg.train.storage_path) / cfg.train.run_name / "report" / "metrics.json"
     if report.exists():
         saved = json.loads(report.read_text())
-        if saved.get("config") == cfg.to_dict():
-            print(f"reusing trained run {report.parent.parent}")
-            return {"test": saved["test"], "best_checkpoint": saved["checkpoint"]}
+        if saved.get("config") == cfg.to_dict() and saved.get("registry"):
+            print(f"reusing trained run {report.parent.parent} (registry {saved['registry']['version']})")
+            return {"test": saved["test"], "best_checkpoint": saved["checkpoint"], "registry": saved["registry"]}
     result = run_training(cfg)
-    merged = {**json.loads(report.read_text()), "config": cfg.to_dict()}
+    registry = register_best(cfg, result["best_checkpoint"], cfg.train.run_name, {})
+    print(f"registered {cfg.registry.name}@{registry['version']}: {registry['promotion']}")
+    merged = {**json.loads(report.read_text()), "config": cfg.to_dict(), "registry": registry}
     atomic_write_text(report, json.dumps(merged, indent=2, default=float))
-    return result
+    return {**result, "registry": registry}
 
 
 def _tune(cfg: ExperimentConfig) -> dict[str, Any]:
     from seqctr.tuning.campaign import run_campaign
 
     tune_cfg = cfg.with_overrides(DEMO_TUNE)
-    summary_file = Path(cfg.train.storage_path) / DEMO_TUNE["tune.campaign"] / "summary.json"
+    campaign_dir = Path(cfg.train.storage_path) / DEMO_TUNE["tune.campaign"]
+    summary_file = campaign_dir / "summary.json"
     if summary_file.exists():
-        print(f"reusing campaign {summary_file.parent}")
+        print(f"reusing campaign {campaign_dir}")
         return json.loads(summary_file.read_text())
-    summary = run_campaign(tune_cfg)
+    # A campaign folder without a summary is an interrupted campaign: finish it, do not start over.
+    resume = DEMO_TUNE["tune.campaign"] if campaign_dir.exists() else None
+    summary = run_campaign(tune_cfg, resume=resume)
     atomic_write_text(summary_file, json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -83,12 +98,16 @@ def _tune(cfg: ExperimentConfig) -> dict[str, Any]:
 def _serve_and_score(cfg: ExperimentConfig, samples_dir: str) -> dict[str, Any]:
     """Start the endpoint on the production model and send one real request built from the test split."""
     import pyarrow.parquet as pq
+    from ray import serve
 
     from seqctr.platform.schema import list_parquet_files
-    from seqctr.serving.app import start_app
+    from seqctr.serving.app import make_app
     from seqctr.serving.client import CTRClient
 
-    url = start_app(cfg, model=f"registry://{cfg.registry.name}@production")
+    served = cfg.with_overrides({"serve.model": f"registry://{cfg.registry.name}@production"})
+    serve.start(http_options={"host": served.serve.host, "port": served.serve.port})
+    serve.run(make_app(served), name="seqctr", route_prefix="/")  # returns once every replica is up
+    url = f"http://{served.serve.host}:{served.serve.port}"
     row = pq.read_table(list_parquet_files(f"{samples_dir}/test")[0]).slice(0, 50).to_pylist()
     sample = max(row, key=lambda r: len(r["history"]))
     candidates = list(dict.fromkeys([sample["target"]] + [r["target"] for r in row]))[:10]
@@ -115,10 +134,14 @@ def run_demo(cfg: ExperimentConfig, serve_seconds: float = 0) -> dict[str, Any]:
         "samples": {k: samples.get(k) for k in ("rows", "samples_per_s") if k in samples},
         "embeddings": {k: embeds.get(k) for k in ("rows", "dim", "items_per_s", "cached")},
         "train_test_auc": trained["test"].get("auc"),
+        "train_test_oracle_auc": trained["test"].get("oracle_auc"),
         "train_lift_ratio": trained["test"].get("lift_ratio"),
+        "train_registry": trained.get("registry"),
         "campaign_best": campaign.get("best_config"),
+        "campaign_best_val_auc": campaign.get("best_val_auc"),
         "campaign_test_auc": campaign.get("test", {}).get("auc"),
-        "registry": campaign.get("registry"),
+        "campaign_registry": campaign.get("registry"),
+        "serving": f"{served['response'].get('model')}@{served['response'].get('version')}",
         "endpoint": served["url"],
         "stage_seconds": {k: round(v, 1) for k, v in stages.times.items()},
     }

@@ -9,6 +9,7 @@ checkpoint alone is enough to rebuild and serve its model.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -107,6 +108,9 @@ class TrainConfig(_Section):
     torch_threads: int = Field(0, ge=0, description="torch.set_num_threads per worker (0 = cpus_per_worker).")
     batch_size: int = Field(512, ge=1, description="Samples per worker per step.")
     epochs: int = Field(5, ge=1, description="Maximum epochs.")
+    max_train_samples: int = Field(
+        0, ge=0, description="Train on at most this many samples (0 = all): quick campaigns on a subsample."
+    )
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimiser.")
     lr: float = Field(3e-3, gt=0, description="Learning rate of the CTR model.")
     bert_lr: float = Field(2e-5, gt=0, description="Learning rate of fine-tuned BERT layers.")
@@ -131,6 +135,10 @@ class TuneConfig(_Section):
     search: Literal["optuna", "random"] = Field("optuna", description="Search algorithm.")
     grace_epochs: int = Field(1, ge=1, description="ASHA: epochs every trial gets before it can stop.")
     reduction_factor: int = Field(2, ge=2, description="ASHA reduction factor.")
+    early_stopping: bool = Field(True, description="ASHA stops weak trials early (false: every trial runs all epochs).")
+    start_from_base: bool = Field(
+        True, description="The first trial uses the base config's values, so the winner never loses to it on val."
+    )
     space: dict[str, dict[str, list[Any]]] = Field(
         default_factory=dict,
         description="Dotted key -> {choice: [...]} | {uniform|loguniform|randint: [low, high]}.",
@@ -194,15 +202,33 @@ class ExperimentConfig(_Section):
         return _validate(raw, source="overrides")
 
 
+def did_you_mean(key: str) -> str:
+    """The closest real key to a misspelt dotted key, as " (did you mean 'train.lr'?)", else "".
+
+    Why: "unknown key" alone leaves the user to search a long config for the right spelling; the
+    closest real key usually is the fix."""
+    section: type[BaseModel] | None = ExperimentConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = section.model_fields if section is not None else {}
+        if part not in fields:
+            close = difflib.get_close_matches(part, list(fields), n=1)
+            return f" (did you mean '{'.'.join([*parts[:i], close[0]])}'?)" if close else ""
+        annotation = fields[part].annotation
+        section = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return ""
+
+
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
         if not isinstance(node.get(part), dict):
-            raise ConfigError(f"--set {key}: unknown key '{'.'.join(parts[: i + 1])}'")
+            unknown = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {key}: unknown key '{unknown}'{did_you_mean(unknown)}")
         node = node[part]
     if parts[-1] not in node:
-        raise ConfigError(f"--set {key}: unknown key '{key}'")
+        raise ConfigError(f"--set {key}: unknown key '{key}'{did_you_mean(key)}")
     node[parts[-1]] = value
 
 
@@ -214,7 +240,7 @@ def _validate(raw: dict[str, Any], source: str) -> ExperimentConfig:
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(root)"
             if e["type"] == "extra_forbidden":
-                lines.append(f"unknown key '{key}' (flag --set {key})")
+                lines.append(f"unknown key '{key}'{did_you_mean(key)} (flag --set {key})")
             else:
                 lines.append(f"{key} (flag --set {key}=...): {e['msg']}")
         raise ConfigError(f"invalid config from {source}: " + "; ".join(lines)) from None

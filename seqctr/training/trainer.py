@@ -54,14 +54,18 @@ def make_datasets(cfg: ExperimentConfig, index_json: str) -> dict[str, ray.data.
     """Encoded train/val splits, materialised once in the object store (spilled to disk if large).
 
     Encoding strings to indices once, instead of on every epoch, keeps the epoch loop at the model's
-    speed; a campaign's trials share the same materialised blocks.
+    speed; a campaign's trials share the same materialised blocks. `train.max_train_samples` keeps the
+    first N train samples (val is always whole, so runs stay comparable).
     """
-    return {
-        split: encode_dataset(
-            read_samples(cfg.data.samples, split), index_json, cfg.model.id_buckets, cfg.data.max_seq_len
+    datasets = {}
+    for split in ("train", "val"):
+        samples = read_samples(cfg.data.samples, split)
+        if split == "train" and cfg.train.max_train_samples:
+            samples = samples.limit(cfg.train.max_train_samples)
+        datasets[split] = encode_dataset(
+            samples, index_json, cfg.model.id_buckets, cfg.data.max_seq_len
         ).materialize()
-        for split in ("train", "val")
-    }
+    return datasets
 
 
 def make_trainer(

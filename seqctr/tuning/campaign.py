@@ -24,9 +24,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from seqctr.platform.config import ConfigError, ExperimentConfig, config_from_dict
-from seqctr.tuning.space import build_search_space, trial_config
+from seqctr.tuning.space import base_point, build_search_space, trial_config
 
 METRIC, MODE = "val_auc", "max"
+
+
+class CampaignInterrupted(RuntimeError):
+    """Ctrl-C (SIGINT) or SIGUSR1 stopped the campaign; Tune saved its state, so it can resume."""
 
 
 def train_trial(params: dict[str, Any], base: dict[str, Any], assets: Any, datasets: Any, trials_root: str) -> None:
@@ -41,14 +45,31 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], assets: Any, datas
     trainer.fit()
 
 
-def _searcher(cfg: ExperimentConfig) -> Any:
+def _searcher(cfg: ExperimentConfig, max_concurrent: int) -> Any:
+    """Optuna or random search, each holding at most `max_concurrent` trials at once (Tune ignores
+    `TuneConfig.max_concurrent_trials` for a random-search generator, so the limit is set here)."""
+    start = [base_point(cfg)] if cfg.tune.start_from_base and base_point(cfg) else None
     if cfg.tune.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(metric=METRIC, mode=MODE, seed=cfg.train.seed)
+        optuna = OptunaSearch(metric=METRIC, mode=MODE, seed=cfg.train.seed, points_to_evaluate=start)
+        return ConcurrencyLimiter(optuna, max_concurrent)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=cfg.train.seed)
+    return BasicVariantGenerator(random_state=cfg.train.seed, max_concurrent=max_concurrent, points_to_evaluate=start)
+
+
+def _scheduler(cfg: ExperimentConfig) -> Any:
+    """ASHA on val AUC, or none (every trial runs all its epochs; for measuring what ASHA saves)."""
+    if not cfg.tune.early_stopping:
+        return None
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=cfg.train.epochs,
+        grace_period=cfg.tune.grace_epochs,
+        reduction_factor=cfg.tune.reduction_factor,
+    )
 
 
 def _check_capacity(cfg: ExperimentConfig, max_concurrent: int) -> int:
@@ -96,8 +117,13 @@ def run_campaign(
     max_concurrent: int | None = None,
     resume: str | None = None,
     register: bool = True,
+    callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a campaign, print and save the trial table, register and maybe promote the best."""
+    """Run (or resume) a campaign, print and save the trial table, register and maybe promote the best.
+
+    An interrupted campaign (Ctrl-C) raises CampaignInterrupted after Tune saved its state; finished
+    trials are kept and `resume=NAME` runs only the rest. `callbacks` are Tune callbacks.
+    """
     from seqctr.training.assets import prepare_assets
     from seqctr.training.evaluation import evaluate_checkpoint_on_split
     from seqctr.training.trainer import ensure_samples, make_datasets, run_index
@@ -137,18 +163,18 @@ def run_campaign(
                 metric=METRIC,
                 mode=MODE,
                 num_samples=num_samples,
-                max_concurrent_trials=concurrent,
-                search_alg=_searcher(cfg),
-                scheduler=ASHAScheduler(
-                    time_attr="training_iteration",
-                    max_t=cfg.train.epochs,
-                    grace_period=cfg.tune.grace_epochs,
-                    reduction_factor=cfg.tune.reduction_factor,
-                ),
+                search_alg=_searcher(cfg, concurrent),
+                scheduler=_scheduler(cfg),
             ),
-            run_config=tune.RunConfig(name=name, storage_path=str(campaign_dir.parent)),
+            run_config=tune.RunConfig(name=name, storage_path=str(campaign_dir.parent), callbacks=callbacks),
         )
     results = tuner.fit()
+    finished = results.num_terminated + results.num_errors
+    if finished < len(results) or len(results) < num_samples and not resume:
+        raise CampaignInterrupted(
+            f"campaign {name} interrupted with {finished} of {max(len(results), num_samples)} trials finished; "
+            f"state saved in {campaign_dir}: resume with `seqctr tune --resume {name}`"
+        )
     table = _trial_table(results, cfg.train.epochs)
     table.to_csv(campaign_dir / "trials.csv", index=False)
     table.to_parquet(campaign_dir / "trials.parquet", index=False)

@@ -51,3 +51,21 @@ def build_search_space(cfg: ExperimentConfig) -> dict[str, Any]:
 def trial_config(base: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
     """The experiment config of one trial: only the searched keys differ from the base."""
     return base.with_overrides({k: v for k, v in params.items() if k in base.tune.space})
+
+
+def base_point(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The base config's own value of every searched key that lies inside its declared range.
+
+    Evaluated as the campaign's first trial, so the winner is never worse on val than the config
+    being tuned; a key whose base value is outside its range is left to the search."""
+    point: dict[str, Any] = {}
+    flat = cfg.to_dict()
+    for key, spec in cfg.tune.space.items():
+        value: Any = flat
+        for part in key.split("."):
+            value = value[part]
+        (kind, args), = spec.items()
+        inside = value in args if kind == "choice" else args[0] <= value <= args[1]
+        if inside:
+            point[key] = value
+    return point

@@ -135,3 +135,14 @@ def test_warm_start_from_the_registry_extends_the_index_and_records_its_parent(t
     )
     second = registry.register(name, child["best_checkpoint"], run_id="warm")
     assert second.parent == f"{name}@{first.version}"
+
+
+def test_max_train_samples_subsamples_train_and_keeps_val_whole(trained):
+    from seqctr.platform.samples import read_samples
+    from seqctr.training.trainer import make_datasets, run_index
+
+    cfg, _ = trained
+    index_json = run_index(cfg, None).to_json()
+    datasets = make_datasets(cfg.with_overrides({"train.max_train_samples": 100}), index_json)
+    assert datasets["train"].count() == 100
+    assert datasets["val"].count() == read_samples(cfg.data.samples, "val").count()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from ray import tune
 
 from seqctr.platform.config import ConfigError, load_config, resolve_paths
 from seqctr.platform.registry import Registry
 from seqctr.platform.synthetic import generate_synthetic
-from seqctr.tuning.campaign import run_campaign
-from seqctr.tuning.space import build_search_space, trial_config
+from seqctr.tuning.campaign import CampaignInterrupted, run_campaign
+from seqctr.tuning.space import base_point, build_search_space, trial_config
 
 pytestmark = pytest.mark.slow
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -28,6 +31,13 @@ def test_search_space_is_checked_against_the_config():
         build_search_space(cfg.with_overrides({"tune.space": {"train.lr": {"normal": [0, 1]}}}))
 
 
+def test_base_point_is_the_base_config_inside_the_space():
+    cfg = load_config(CONFIGS / "tiny.yaml")
+    assert base_point(cfg) == {"train.lr": cfg.train.lr, "model.hidden_size": cfg.model.hidden_size}
+    outside = cfg.with_overrides({"train.lr": 0.5})  # above the loguniform range: left to the search
+    assert base_point(outside) == {"model.hidden_size": cfg.model.hidden_size}
+
+
 def test_campaign_registers_and_promotes_its_best_trial(ray_session, tmp_path):
     cfg = resolve_paths(load_config(CONFIGS / "tiny.yaml", ["tune.campaign=camp"]), tmp_path)
     generate_synthetic(cfg.data.synthetic, tmp_path / "work" / "data")
@@ -37,6 +47,7 @@ def test_campaign_registers_and_promotes_its_best_trial(ray_session, tmp_path):
     assert set(table["status"]) <= {"completed", "stopped early", "early-stopped (patience)"}
     assert summary["best_val_auc"] == pytest.approx(table["val_auc"].max())
     assert summary["test"]["auc"] > 0.6
+    assert (table["config/train.lr"] == cfg.train.lr).any()  # the base config was the first trial
     assert summary["trial_epochs_run"] <= summary["trial_epochs_full"] == 6
     # TensorBoard event files for every trial
     assert list(Path(summary["campaign_dir"]).rglob("events.out.tfevents*"))
@@ -51,3 +62,40 @@ def test_campaign_registers_and_promotes_its_best_trial(ray_session, tmp_path):
 
     with pytest.raises(ConfigError, match="exists: pass --resume camp"):
         run_campaign(cfg)
+
+
+class InterruptAfterFirstTrial(tune.Callback):
+    """Sends the campaign's own process the signal Tune treats like Ctrl-C, once, when a trial ends.
+
+    One-shot through a marker file, since Tune keeps its callbacks with the campaign's saved state."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if not self.marker.exists():
+            self.marker.write_text(trial.trial_id)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_interrupted_campaign_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
+    cfg = resolve_paths(load_config(CONFIGS / "tiny.yaml", ["tune.campaign=paused", "train.epochs=1"]), tmp_path)
+    generate_synthetic(cfg.data.synthetic, tmp_path / "work" / "data")
+    marker = tmp_path / "interrupted-after"
+    with pytest.raises(CampaignInterrupted, match="seqctr tune --resume paused"):
+        run_campaign(cfg, register=False, callbacks=[InterruptAfterFirstTrial(marker)])
+    first = marker.read_text()
+    first_dir = tmp_path / "work" / "runs" / "paused" / "trials" / first
+    before = _mtimes(first_dir)
+    assert any(name.endswith("metrics.json") for name in before)
+
+    summary = run_campaign(cfg, resume="paused", register=False)
+    table = pd.read_csv(Path(summary["campaign_dir"]) / "trials.csv")
+    assert len(table) == 3 and table["epochs"].tolist() == [1, 1, 1]
+    assert set(table["status"]) == {"completed"}
+    assert first in set(table["trial_id"])
+    assert _mtimes(first_dir) == before  # the finished trial was not run again
