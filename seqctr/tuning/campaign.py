@@ -39,10 +39,31 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], assets: Any, datas
 
     cfg = trial_config(config_from_dict(base), params)
     trial_id = tune.get_context().get_trial_id()
+    finished = finished_run_metrics(Path(trials_root) / trial_id, cfg.train.epochs)
+    if finished is not None:
+        tune.report(finished)
+        return
     trainer = make_trainer(
         cfg, assets, datasets, callbacks=[TuneReportCallback()], storage_path=trials_root, name=trial_id
     )
     trainer.fit()
+
+
+def finished_run_metrics(run_dir: Path, epochs: int) -> dict[str, Any] | None:
+    """The last epoch's metrics of a trial's Train run that already ran to its end, else None.
+
+    Why: a campaign interrupted after a trial's training ended but before Tune saw the trial end
+    resumes that trial; its Train run restores as finished and reports nothing, which Tune refuses.
+    Such a trial reports its last epoch again instead of training (the latest checkpoint is always kept).
+    """
+    last: dict[str, Any] | None = None
+    for metrics_file in run_dir.glob("epoch_*/metrics.json"):
+        metrics = json.loads(metrics_file.read_text())
+        if last is None or metrics.get("epoch", -1) > last.get("epoch", -1):
+            last = metrics
+    if last is not None and (last.get("epoch", -1) + 1 >= epochs or last.get("should_stop")):
+        return last
+    return None
 
 
 def _searcher(cfg: ExperimentConfig, max_concurrent: int) -> Any:
@@ -87,7 +108,8 @@ def _trial_table(results: Any, max_epochs: int) -> pd.DataFrame:
     for result in results:
         history = result.metrics_dataframe
         auc = history[METRIC] if history is not None and METRIC in history else pd.Series(dtype=float)
-        epochs = int(len(auc))
+        # Distinct epochs: a trial resumed after an interruption may have reported its last epoch twice.
+        epochs = int(history["epoch"].nunique()) if history is not None and "epoch" in history else int(len(auc))
         status = "error" if result.error else ("completed" if epochs >= max_epochs else "stopped early")
         if not result.error and epochs and history.iloc[-1].get("should_stop", False):
             status = "early-stopped (patience)"

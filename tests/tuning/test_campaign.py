@@ -13,7 +13,7 @@ from ray import tune
 from seqctr.platform.config import ConfigError, load_config, resolve_paths
 from seqctr.platform.registry import Registry
 from seqctr.platform.synthetic import generate_synthetic
-from seqctr.tuning.campaign import CampaignInterrupted, run_campaign
+from seqctr.tuning.campaign import CampaignInterrupted, finished_run_metrics, run_campaign
 from seqctr.tuning.space import base_point, build_search_space, trial_config
 
 pytestmark = pytest.mark.slow
@@ -64,6 +64,18 @@ def test_campaign_registers_and_promotes_its_best_trial(ray_session, tmp_path):
         run_campaign(cfg)
 
 
+def test_finished_run_metrics_only_for_runs_that_reached_their_end(tmp_path):
+    import json
+
+    for epoch in (0, 1):
+        (tmp_path / f"epoch_{epoch:03d}").mkdir()
+        metrics = {"epoch": epoch, "val_auc": 0.6 + epoch / 10, "should_stop": False}
+        (tmp_path / f"epoch_{epoch:03d}" / "metrics.json").write_text(json.dumps(metrics))
+    assert finished_run_metrics(tmp_path, epochs=2)["val_auc"] == pytest.approx(0.7)
+    assert finished_run_metrics(tmp_path, epochs=3) is None  # one epoch still to run
+    assert finished_run_metrics(tmp_path / "missing", epochs=1) is None
+
+
 class InterruptAfterFirstTrial(tune.Callback):
     """Sends the campaign's own process the signal Tune treats like Ctrl-C, once, when a trial ends.
 
@@ -79,7 +91,10 @@ class InterruptAfterFirstTrial(tune.Callback):
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    """Modification times of what training writes (weights, optimiser, train state); metrics.json is left
+    out since the campaign's test evaluation adds test metrics to the winner's checkpoint."""
+    files = [*folder.rglob("*.safetensors"), *folder.rglob("train_state.json")]
+    return {str(p): p.stat().st_mtime_ns for p in files}
 
 
 def test_interrupted_campaign_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
@@ -91,7 +106,7 @@ def test_interrupted_campaign_resumes_without_rerunning_finished_trials(ray_sess
     first = marker.read_text()
     first_dir = tmp_path / "work" / "runs" / "paused" / "trials" / first
     before = _mtimes(first_dir)
-    assert any(name.endswith("metrics.json") for name in before)
+    assert any(name.endswith("model.safetensors") for name in before)
 
     summary = run_campaign(cfg, resume="paused", register=False)
     table = pd.read_csv(Path(summary["campaign_dir"]) / "trials.csv")
