@@ -86,12 +86,10 @@ def ray_epoch(cfg: Any, assets: Any, train_ds: Any, val_ds: Any, workers: int, t
 
 
 def bare_epoch(cfg: Any, assets: Any, train_ds: Any, threads: int) -> dict[str, float]:
-    """The same training step over in-memory tensors: no Ray, no data pipeline, no DDP."""
+    """The same training step (loop.train_step) over in-memory tensors: no Ray, no data pipeline, no DDP."""
     from seqctr.platform.features import ItemIndex
     from seqctr.training.assets import build_model_from_assets
-    from seqctr.training.augment import augment_history
-    from seqctr.training.ingest import to_model_inputs
-    from seqctr.training.loop import make_optimizer
+    from seqctr.training.loop import make_optimizer, train_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
@@ -102,32 +100,14 @@ def bare_epoch(cfg: Any, assets: Any, train_ds: Any, threads: int) -> dict[str, 
     index = ItemIndex.from_json(assets.index_json)
     bucket_table = torch.as_tensor(index.buckets(cfg.model.id_buckets), dtype=torch.long)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    t = cfg.train
+    device = torch.device("cpu")
     n = data["label"].shape[0]
     model.train()
     start = time.perf_counter()
     order = torch.randperm(n, generator=generator)
-    for lo in range(0, n, t.batch_size):
-        rows = order[lo : lo + t.batch_size]
-        batch = {k: v[rows] for k, v in data.items()}
-        inputs = to_model_inputs(batch)
-        inputs["hist_idx"], inputs["hist_bucket"], inputs["hist_len"] = augment_history(
-            inputs["hist_idx"],
-            inputs["hist_bucket"],
-            inputs["hist_len"],
-            bucket_table,
-            t.truncate_prob,
-            t.drop_prob,
-            t.replace_prob,
-            generator,
-        )
-        loss = loss_fn(model(inputs).float(), batch["label"].float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
+    for lo in range(0, n, cfg.train.batch_size):
+        rows = order[lo : lo + cfg.train.batch_size]
+        train_step(model, optimizer, {k: v[rows] for k, v in data.items()}, cfg, bucket_table, device, generator)
     seconds = time.perf_counter() - start
     return {"samples_per_s": round(n / seconds, 1), "epoch_seconds": round(seconds, 2)}
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from seqctr.platform.cli_errors import user_errors
 from seqctr.platform.config import ConfigError, ExperimentConfig, load_config, resolve_paths
 from seqctr.platform.job_commands import add_job_commands
 from seqctr.platform.registry_commands import models_app
@@ -38,30 +37,6 @@ app.command("score")(score_command)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment YAML (default: configs/default.yaml).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set train.lr=1e-3 (repeatable).")
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the platform's expected errors into one clear line and exit code 2 (no traceback)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from seqctr.platform.checkpoint import CheckpointError
-        from seqctr.platform.registry import RegistryError
-
-        expected: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, RegistryError, FileNotFoundError)
-        try:
-            from seqctr.platform.schema import DataError
-
-            expected += (DataError,)
-        except ImportError:  # pragma: no cover - schema always ships; keeps `--help` working mid-refactor
-            pass
-        try:
-            return fn(*args, **kwargs)
-        except expected as err:
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def get_config(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:

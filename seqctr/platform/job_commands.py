@@ -13,16 +13,14 @@ Exit codes: 0 = done (or the followed job SUCCEEDED), 1 = the followed job FAILE
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from seqctr.platform.cli_errors import user_errors
 from seqctr.platform.jobs import (
     STORAGE_ENV,
-    JobError,
     build_job_spec,
     find_project_root,
     follow_job,
@@ -47,20 +45,6 @@ AddressOpt = typer.Option(
 )
 
 
-def job_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Expected failures (no address, unreachable cluster, unknown job) are one red line and exit 2."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except JobError as err:
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 def _one_line(text: str, limit: int = 100) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
@@ -81,7 +65,7 @@ def _follow_and_exit(client: Any, job_id: str) -> None:
     raise typer.Exit(0 if status == "SUCCEEDED" else 1)
 
 
-@job_errors
+@user_errors
 def submit_command(
     command: list[str] = typer.Argument(..., help="The command to run, after --: seqctr train --config ..."),
     address: str | None = AddressOpt,
@@ -115,7 +99,7 @@ def submit_command(
 
 
 @jobs_app.command("list")
-@job_errors
+@user_errors
 def jobs_list(address: str | None = AddressOpt) -> None:
     """Jobs on the cluster, newest first: id, status, entrypoint."""
     rows = list_jobs(job_client(address))
@@ -129,7 +113,7 @@ def jobs_list(address: str | None = AddressOpt) -> None:
 
 
 @jobs_app.command("logs")
-@job_errors
+@user_errors
 def jobs_logs(
     job_id: str = typer.Argument(..., help="Submission id (from `seqctr submit` or `seqctr jobs list`)."),
     address: str | None = AddressOpt,
@@ -143,7 +127,7 @@ def jobs_logs(
 
 
 @jobs_app.command("stop")
-@job_errors
+@user_errors
 def jobs_stop(
     job_id: str = typer.Argument(..., help="Submission id."),
     address: str | None = AddressOpt,

@@ -13,16 +13,15 @@ registry is imported here (no torch, no Ray), so these commands answer quickly.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Sequence
-from functools import wraps
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from seqctr.platform.config import ConfigError, load_config, resolve_paths
-from seqctr.platform.registry import Registry, RegistryError, VersionRecord
+from seqctr.platform.cli_errors import user_errors
+from seqctr.platform.config import load_config, resolve_paths
+from seqctr.platform.registry import Registry, VersionRecord
 
 models_app = typer.Typer(
     help="Model registry: list, show, register, promote and roll back versions.",
@@ -35,28 +34,6 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment YAML (default:
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set registry.root=/x (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
 AliasOpt = typer.Option("production", "--alias", "-a", help="Alias to move.")
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (RegistryError, ConfigError, FileNotFoundError)
-    checkpoint = sys.modules.get("seqctr.platform.checkpoint")  # a CheckpointError implies it was imported
-    return errors + ((checkpoint.CheckpointError,) if checkpoint is not None else ())
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Expected errors become one red `error: ...` line and exit code 2 (no traceback)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:
-            if not isinstance(err, _expected_errors()):
-                raise
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _registry(root: str | None, config: Path | None, overrides: list[str] | None) -> Registry:
@@ -86,7 +63,7 @@ def _echo_json(obj: Any) -> None:
 
 
 @models_app.command("list")
-@_user_errors
+@user_errors
 def list_cmd(
     name: str | None = typer.Argument(None, help="A model: list its versions (default: list models)."),
     metric: str = typer.Option("val_auc", help="Metric column shown for each version."),
@@ -123,7 +100,7 @@ def list_cmd(
 
 
 @models_app.command("show")
-@_user_errors
+@user_errors
 def show_cmd(
     ref: str = typer.Argument(..., help="NAME, NAME@VERSION (v3) or NAME@ALIAS (production)."),
     root: str | None = RootOpt,
@@ -140,7 +117,7 @@ def show_cmd(
 
 
 @models_app.command("register")
-@_user_errors
+@user_errors
 def register_cmd(
     checkpoint_dir: Path = typer.Argument(..., help="A checkpoint folder (verified before and after copying)."),
     name: str | None = typer.Option(None, "--name", "-n", help="Model name (default: registry.name)."),
@@ -165,7 +142,7 @@ def register_cmd(
 
 
 @models_app.command("promote")
-@_user_errors
+@user_errors
 def promote_cmd(
     name: str = typer.Argument(..., help="Model name."),
     version: str = typer.Argument(..., help="Candidate version (v3 or 3)."),
@@ -189,7 +166,7 @@ def promote_cmd(
 
 
 @models_app.command("rollback")
-@_user_errors
+@user_errors
 def rollback_cmd(
     name: str = typer.Argument(..., help="Model name."),
     alias: str = AliasOpt,

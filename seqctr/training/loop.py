@@ -75,6 +75,41 @@ def epoch_seed(seed: int, rank: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch, stream]).generate_state(1)[0])
 
 
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    cfg: ExperimentConfig,
+    bucket_table: torch.Tensor,
+    device: torch.device,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One optimisation step on one batch (augmentation, autocast, clipping); returns the loss.
+
+    Shared by the epoch loop and bench/train_throughput.py's bare baseline, so both time the same step."""
+    t = cfg.train
+    inputs = to_model_inputs(batch)
+    inputs["hist_idx"], inputs["hist_bucket"], inputs["hist_len"] = augment_history(
+        inputs["hist_idx"],
+        inputs["hist_bucket"],
+        inputs["hist_len"],
+        bucket_table,
+        t.truncate_prob,
+        t.drop_prob,
+        t.replace_prob,
+        generator,
+    )
+    with autocast(device):
+        logits = model(inputs)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if t.grad_clip > 0:
+        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -86,10 +121,8 @@ def train_epoch(
     seed: int,
 ) -> dict[str, float]:
     model.train()
-    loss_fn = nn.BCEWithLogitsLoss()
     t = cfg.train
     total_loss, seen, start = 0.0, 0, time.perf_counter()
-    params = [p for p in model.parameters() if p.requires_grad]
     batches = shard.iter_torch_batches(
         batch_size=t.batch_size,
         device=device,
@@ -97,27 +130,9 @@ def train_epoch(
         local_shuffle_seed=seed,
     )
     for batch in batches:
-        inputs = to_model_inputs(batch)
-        inputs["hist_idx"], inputs["hist_bucket"], inputs["hist_len"] = augment_history(
-            inputs["hist_idx"],
-            inputs["hist_bucket"],
-            inputs["hist_len"],
-            bucket_table,
-            t.truncate_prob,
-            t.drop_prob,
-            t.replace_prob,
-            generator,
-        )
-        with autocast(device):
-            logits = model(inputs)
-        loss = loss_fn(logits.float(), batch["label"].float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, t.grad_clip)
-        optimizer.step()
+        loss = train_step(model, optimizer, batch, cfg, bucket_table, device, generator)
         n = batch["label"].shape[0]
-        total_loss += float(loss.detach()) * n
+        total_loss += float(loss) * n
         seen += n
     elapsed = time.perf_counter() - start
     return {"train_loss": total_loss / max(seen, 1), "train_samples": seen, "train_seconds": elapsed}

@@ -69,7 +69,8 @@ def finished_run_metrics(run_dir: Path, epochs: int) -> dict[str, Any] | None:
 def _searcher(cfg: ExperimentConfig, max_concurrent: int) -> Any:
     """Optuna or random search, each holding at most `max_concurrent` trials at once (Tune ignores
     `TuneConfig.max_concurrent_trials` for a random-search generator, so the limit is set here)."""
-    start = [base_point(cfg)] if cfg.tune.start_from_base and base_point(cfg) else None
+    point = base_point(cfg) if cfg.tune.start_from_base else {}
+    start = [point] if point else None
     if cfg.tune.search == "optuna":
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
