@@ -9,6 +9,7 @@ Variants (config overrides of the one experiment config):
   bert_lstm_attention  + DIN-style target attention         model.attention=true
   bert_lstm_finetune   + top BERT layer trained in the step model.bert_trainable_layers=1
   bert_lstm_augment    + history truncation/drop/replace    train.*_prob
+  bert_lstm_no_time    without click-age embeddings         model.time_features=false
 Prints a table (test AUC, GAUC, logloss, share of the oracle's lift, train seconds) and the margins of
 the full model over id-only and mean-pool; writes ablation.json under the work dir.
 """
@@ -35,6 +36,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bert_lstm_attention": {"model.attention": True},
     "bert_lstm_finetune": {"model.bert_trainable_layers": 1},
     "bert_lstm_augment": {"train.truncate_prob": 0.2, "train.drop_prob": 0.05, "train.replace_prob": 0.02},
+    "bert_lstm_no_time": {"model.time_features": False},
 }
 
 
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     full = by_name.get("bert_lstm")
     margins = {
         f"bert_lstm_minus_{other}": round(full["test_auc"] - by_name[other]["test_auc"], 4)
-        for other in ("id_only_lstm", "bert_mean")
+        for other in ("id_only_lstm", "bert_mean", "bert_lstm_no_time")
         if full and other in by_name
     }
     header = f"{'variant':<22}{'test AUC':>9}{'GAUC':>8}{'logloss':>9}{'lift':>7}{'val AUC':>9}{'sec':>8}"

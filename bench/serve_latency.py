@@ -96,7 +96,7 @@ def trained_checkpoint(root: Path, epochs: int, max_seq_len: int) -> tuple[Path,
     torch.manual_seed(0)
     model = build_model(cfg.model, len(index), table)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    keys = ("hist_idx", "hist_bucket", "hist_len", "target_idx", "target_bucket")
+    keys = ("hist_idx", "hist_bucket", "hist_age", "hist_len", "target_idx", "target_bucket")
 
     def encoded(part: pa.Table) -> dict[str, np.ndarray]:
         return encode_samples(part, index, cfg.model.id_buckets, max_seq_len)
@@ -134,10 +134,14 @@ def generate_synthetic_log(out: Path, syn: Any) -> dict[str, Any]:
 
 
 def request_bodies(item_ids: list[str], n: int, history: int, candidates: int, seed: int = 0) -> list[dict]:
+    """Random requests with click timestamps (a click every 1-600 s before the request)."""
     rng = np.random.default_rng(seed)
+    now = 1_717_000_000
     return [
         {
             "history": rng.choice(item_ids, history).tolist(),
+            "history_timestamps": (now - np.cumsum(rng.integers(1, 600, history))[::-1]).tolist(),
+            "timestamp": now,
             "candidates": rng.choice(item_ids, candidates, replace=False).tolist(),
         }
         for _ in range(n)

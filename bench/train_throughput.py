@@ -93,7 +93,7 @@ def bare_epoch(cfg: Any, assets: Any, train_ds: Any, threads: int) -> dict[str, 
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
-    columns = ("hist_idx", "hist_bucket", "hist_len", "target_idx", "target_bucket", "label")
+    columns = ("hist_idx", "hist_bucket", "hist_age", "hist_len", "target_idx", "target_bucket", "label")
     data = {k: torch.as_tensor(v) for k, v in _concat_numpy(train_ds, columns).items()}
     model = build_model_from_assets(cfg, assets)
     optimizer = make_optimizer(model, cfg)

@@ -112,8 +112,21 @@ def _serve_and_score(cfg: ExperimentConfig, samples_dir: str) -> dict[str, Any]:
     sample = max(row, key=lambda r: len(r["history"]))
     candidates = list(dict.fromkeys([sample["target"]] + [r["target"] for r in row]))[:10]
     client = CTRClient(url)
-    request = {"user_id": sample["user_id"], "history": sample["history"], "candidates": candidates}
-    response = client.rank(sample["history"], candidates, k=5, user_id=sample["user_id"]).model_dump()
+    request = {
+        "user_id": sample["user_id"],
+        "history": sample["history"],
+        "history_timestamps": sample["history_ts"],
+        "timestamp": sample["timestamp"],
+        "candidates": candidates,
+    }
+    response = client.rank(
+        sample["history"],
+        candidates,
+        k=5,
+        history_timestamps=sample["history_ts"],
+        timestamp=sample["timestamp"],
+        user_id=sample["user_id"],
+    ).model_dump()
     return {"url": url, "request": request, "response": response}
 
 

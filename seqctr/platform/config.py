@@ -56,9 +56,7 @@ class DataConfig(_Section):
     @model_validator(mode="after")
     def _fractions_leave_a_test_split(self) -> DataConfig:
         if self.train_fraction + self.val_fraction >= 1:
-            raise ValueError(
-                "data.train_fraction + data.val_fraction must be < 1 so the test split is not empty"
-            )
+            raise ValueError("data.train_fraction + data.val_fraction must be < 1 so the test split is not empty")
         return self
 
 
@@ -93,6 +91,9 @@ class ModelConfig(_Section):
     num_layers: int = Field(1, ge=1, description="RNN layers.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in the RNN (between layers) and the MLP.")
     attention: bool = Field(False, description="DIN-style target-aware attention over the RNN outputs.")
+    time_features: bool = Field(
+        True, description="Add an embedding of each click's age (log2 seconds) to its history vector."
+    )
     mlp_hidden: list[int] = Field(default_factory=lambda: [128, 64], description="MLP layer sizes.")
     bert_trainable_layers: int = Field(
         0, ge=0, description="0 = frozen precomputed text embeddings; N > 0 fine-tunes the top N layers."
@@ -122,6 +123,9 @@ class TrainConfig(_Section):
     truncate_prob: float = Field(0.0, ge=0, le=1, description="Augment: cut a history to a random recent window.")
     drop_prob: float = Field(0.0, ge=0, le=1, description="Augment: drop each history item with this chance.")
     replace_prob: float = Field(0.0, ge=0, le=1, description="Augment: replace a history item by a random one.")
+    age_drop_prob: float = Field(
+        0.05, ge=0, le=1, description="Augment: hide a row's click ages, so requests without timestamps score well."
+    )
     seed: int = Field(0, description="Seed for weights, shuffling and augmentation.")
     storage_path: str = Field("work/runs", description="Where Ray Train writes runs and checkpoints.")
     run_name: str = Field("seqctr", description="Run folder name under storage_path; reused by --resume.")
@@ -149,9 +153,7 @@ class TuneConfig(_Section):
 class ServeConfig(_Section):
     """Ray Serve endpoint."""
 
-    model: str = Field(
-        "registry://seqctr@production", description="registry://NAME@ALIAS|VERSION or a checkpoint dir."
-    )
+    model: str = Field("registry://seqctr@production", description="registry://NAME@ALIAS|VERSION or a checkpoint dir.")
     host: str = Field("127.0.0.1", description="HTTP host (loopback by default).")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     min_replicas: int = Field(1, ge=0, description="Autoscaling: fewest replicas.")

@@ -27,6 +27,18 @@ PAD = 0
 UNKNOWN = 1
 FIRST_KNOWN = 2
 INDEX_FORMAT = "seqctr.item_index/v1"
+# Click age buckets: 0 = padding, 1 = unknown (no timestamps given), 2 + floor(log2(age_s + 1)) capped,
+# so seconds-apart clicks of the current session and hours-apart earlier sessions never share one.
+AGE_LOG2_CAP = 24  # ages of 2^24 s (~194 days) and more share the last bucket
+AGE_BUCKETS = FIRST_KNOWN + AGE_LOG2_CAP + 1
+# The arrays of `encode_samples` that the model's forward reads.
+MODEL_INPUTS = ("hist_idx", "hist_bucket", "hist_age", "hist_len", "target_idx", "target_bucket")
+
+
+def age_buckets(ages_s: np.ndarray) -> np.ndarray:
+    """Bucket 2.. of each click age in seconds; a negative age (a clock ahead of the event) counts as 0."""
+    ages = np.maximum(np.asarray(ages_s, dtype=np.int64), 0)
+    return FIRST_KNOWN + np.minimum(np.floor(np.log2(ages + 1.0)).astype(np.int64), AGE_LOG2_CAP)
 
 
 def _as_string_array(ids: pa.Array | pa.ChunkedArray | Sequence[Any] | np.ndarray) -> pa.Array:
@@ -184,14 +196,39 @@ def _encode_ids(values: pa.Array, index: ItemIndex, num_buckets: int) -> tuple[n
     return rows, buckets
 
 
+def _click_age_buckets(
+    batch: pa.Table | dict[str, Any], lists: pa.Array, lengths: np.ndarray, src: np.ndarray, row_of: np.ndarray
+) -> np.ndarray:
+    """Age buckets of the kept history positions `src` (rows `row_of`); UNKNOWN without timestamps."""
+    history_ts, timestamp = _column(batch, "history_ts"), _column(batch, "timestamp")
+    if history_ts is None or timestamp is None:
+        return np.full(src.size, UNKNOWN, dtype=np.int64)
+    ts_lists = history_ts
+    if isinstance(ts_lists, pa.ChunkedArray):
+        ts_lists = ts_lists.combine_chunks() if ts_lists.num_chunks != 1 else ts_lists.chunk(0)
+    if not isinstance(ts_lists, pa.Array):
+        ts_lists = pa.array([None if h is None else [int(x) for x in h] for h in ts_lists], type=pa.list_(pa.int64()))
+    ts_lengths = pc.fill_null(pc.list_value_length(ts_lists), 0).to_numpy(zero_copy_only=False)
+    if len(ts_lists) != len(lists) or not np.array_equal(ts_lengths, lengths):
+        bad = int(np.argmax(ts_lengths != lengths)) if len(ts_lists) == len(lists) else 0
+        raise ValueError(f"encode_samples: row {bad}: 'history_ts' must have one timestamp per 'history' item")
+    flat_ts = pc.cast(ts_lists.flatten(), pa.int64()).to_numpy(zero_copy_only=False)
+    if isinstance(timestamp, (pa.Array, pa.ChunkedArray)):
+        timestamp = timestamp.to_numpy(zero_copy_only=False)
+    now = np.asarray(timestamp, dtype=np.int64)
+    return age_buckets(now[row_of] - flat_ts[src])
+
+
 def encode_samples(
     batch: pa.Table | dict[str, Any], index: ItemIndex, num_buckets: int, max_seq_len: int
 ) -> dict[str, np.ndarray]:
     """Encode a batch of samples into the arrays the model consumes.
 
     In: columns `history` (list of item ids, oldest first), `target` (item id) and, when present,
-    `label`. Out (B = rows, L = max_seq_len): `hist_idx`, `hist_bucket` (B, L) int64 right-padded with
-    0, keeping the most recent L items (oldest first); `hist_len` (B,); `target_idx`, `target_bucket`
+    `history_ts` (the clicks' unix seconds) with `timestamp` (the event's), and `label`. Out (B = rows,
+    L = max_seq_len): `hist_idx`, `hist_bucket`, `hist_age` (B, L) int64 right-padded with 0, keeping the
+    most recent L items (oldest first); `hist_age` is the age bucket of each click at the event's time
+    (`age_buckets`; 1 = unknown where no timestamps came); `hist_len` (B,); `target_idx`, `target_bucket`
     (B,) int64; `label` (B,) float32 (only when the batch has labels, e.g. not at serving time).
     """
     history = _column(batch, "history")
@@ -216,10 +253,12 @@ def encode_samples(
 
     hist_idx = np.zeros((n_rows, max_seq_len), dtype=np.int64)  # (B, L)
     hist_bucket = np.zeros((n_rows, max_seq_len), dtype=np.int64)  # (B, L)
+    hist_age = np.zeros((n_rows, max_seq_len), dtype=np.int64)  # (B, L)
     if src.size:
         rows, buckets = _encode_ids(flat.take(pa.array(src)), index, num_buckets)
         hist_idx[row_of, col_of] = rows
         hist_bucket[row_of, col_of] = buckets
+        hist_age[row_of, col_of] = _click_age_buckets(batch, lists, lengths, src, row_of)
 
     target_idx, target_bucket = _encode_ids(_as_string_array(target), index, num_buckets)
     if len(target_idx) != n_rows:
@@ -227,6 +266,7 @@ def encode_samples(
     out = {
         "hist_idx": hist_idx,
         "hist_bucket": hist_bucket,
+        "hist_age": hist_age,
         "hist_len": kept,
         "target_idx": target_idx,
         "target_bucket": target_bucket,

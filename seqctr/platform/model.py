@@ -5,14 +5,15 @@ that assembles them. Shapes: B batch, L history length, C candidates, D item vec
 (`embed_dim`), H hidden size, Dt text-embedding size, T tokens per item text.
 
 Index conventions (from the feature encoder): item index 0 = padding, 1 = unknown item, 2.. known
-items; id bucket 0 = padding. Histories are right-padded; `hist_len` (may be 0) says how many
-positions are real. Padding never changes a result: RNNs are causal and read right-padded
-histories, and every pool is masked. The loss lives in training; the model returns logits.
+items; id bucket 0 = padding; click age bucket 0 = padding, 1 = unknown age, 2.. log2 seconds.
+Histories are right-padded; `hist_len` (may be 0) says how many positions are real. Padding never
+changes a result: RNNs are causal and read right-padded histories, and every pool is masked. The
+loss lives in training; the model returns logits.
 
     model = build_model(cfg.model, num_items, text_table)
     logits = model(batch)                                   # (B,)
-    state = model.encode_history(hist_idx, hist_bucket, hist_len)   # serving: once per request
-    logits = model.score_candidates(hist_idx, hist_bucket, hist_len, cand_idx, cand_bucket)  # (C,)
+    state = model.encode_history(hist_idx, hist_bucket, hist_len, hist_age)   # serving: once per request
+    logits = model.score_candidates(hist_idx, hist_bucket, hist_len, cand_idx, cand_bucket, hist_age=...)  # (C,)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from seqctr.platform.config import ModelConfig
+from seqctr.platform.features import AGE_BUCKETS
 
 PAD, UNKNOWN = 0, 1
 
@@ -251,6 +253,13 @@ class CTRModel(nn.Module):
         self.text_dim = text_dim if cfg.text else 0
         H = cfg.hidden_size
         self.items = ItemEmbedding(cfg, num_items, text_dim, text_table, bert, item_tokens)
+        # The age of a click tells whether it belongs to the current session, whose intent it reveals.
+        self.age_embedding: nn.Embedding | None = None
+        if cfg.time_features:
+            self.age_embedding = nn.Embedding(AGE_BUCKETS, cfg.embed_dim, padding_idx=PAD)
+            nn.init.normal_(self.age_embedding.weight, std=0.1)
+            with torch.no_grad():
+                self.age_embedding.weight[PAD].zero_()
         self.encoder = SequenceEncoder(cfg)
         self.target_proj = nn.Linear(cfg.embed_dim, H)
         self.attention = TargetAttention(H) if cfg.attention else None
@@ -259,17 +268,22 @@ class CTRModel(nn.Module):
     # -- inputs
 
     def _checked(
-        self, hist_idx: Tensor, hist_bucket: Tensor, hist_len: Tensor, tgt_bucket: Tensor
-    ) -> tuple[Tensor, Tensor]:
+        self, hist_idx: Tensor, hist_bucket: Tensor, hist_len: Tensor, tgt_bucket: Tensor, hist_age: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Shape checks, then one device sync for all range checks; errors name the input key.
-        Returns the history, given one padding column when it has none (L = 0)."""
+        Returns the history (idx, bucket, age), given one padding column when it has none (L = 0);
+        a missing `hist_age` means every real position's age is unknown."""
         if hist_idx.dim() != 2 or hist_bucket.shape != hist_idx.shape:
             raise ValueError(
                 f"hist_idx {tuple(hist_idx.shape)} and hist_bucket {tuple(hist_bucket.shape)} must be (B, L)"
             )
+        if hist_age is None:
+            hist_age = (hist_idx != PAD).long() * UNKNOWN
+        elif hist_age.shape != hist_idx.shape:
+            raise ValueError(f"hist_age {tuple(hist_age.shape)} must match hist_idx {tuple(hist_idx.shape)}")
         n, L = self.cfg.id_buckets, hist_idx.shape[1]
         if L == 0:
-            hist_idx = hist_bucket = hist_idx.new_zeros(hist_idx.shape[0], 1)
+            hist_idx = hist_bucket = hist_age = hist_idx.new_zeros(hist_idx.shape[0], 1)
         if hist_len.shape != hist_idx.shape[:1]:
             raise ValueError(f"hist_len {tuple(hist_len.shape)} must be (B,) with B={hist_idx.shape[0]}")
         bad = torch.stack(
@@ -277,17 +291,19 @@ class CTRModel(nn.Module):
                 ((hist_bucket < 0) | (hist_bucket >= n)).any(),
                 ((tgt_bucket < 0) | (tgt_bucket >= n)).any(),
                 ((hist_len < 0) | (hist_len > L)).any(),
+                ((hist_age < 0) | (hist_age >= AGE_BUCKETS)).any(),
             ]
         ).tolist()
         names = [
             f"hist_bucket outside [0, {n})",
             f"target_bucket outside [0, {n})",
             f"hist_len outside [0, {L}]",
+            f"hist_age outside [0, {AGE_BUCKETS})",
         ]
         for is_bad, name in zip(bad, names, strict=True):
             if is_bad:
                 raise ValueError(f"model input {name} (model.id_buckets={n}, history length L={L})")
-        return hist_idx, hist_bucket
+        return hist_idx, hist_bucket, hist_age
 
     def _target_text(
         self, target_idx: Tensor, target_text: Tensor | None, target_text_mask: Tensor | None
@@ -336,14 +352,26 @@ class CTRModel(nn.Module):
 
     # -- scoring
 
-    def encode_history(self, hist_idx: Tensor, hist_bucket: Tensor, hist_len: Tensor) -> HistoryState:
+    def encode_history(
+        self, hist_idx: Tensor, hist_bucket: Tensor, hist_len: Tensor, hist_age: Tensor | None = None
+    ) -> HistoryState:
         """Run the sequence encoder once; serving reuses the state for every candidate."""
-        hist_idx, hist_bucket = self._checked(hist_idx, hist_bucket, hist_len, hist_bucket.new_zeros(0))
-        return self._encode_history(hist_idx, hist_bucket, hist_len)
+        hist_idx, hist_bucket, hist_age = self._checked(
+            hist_idx, hist_bucket, hist_len, hist_bucket.new_zeros(0), hist_age
+        )
+        return self._encode_history(hist_idx, hist_bucket, hist_len, hist_age)
 
-    def _encode_history(self, hist_idx: Tensor, hist_bucket: Tensor, hist_len: Tensor) -> HistoryState:
+    def _encode_history(
+        self, hist_idx: Tensor, hist_bucket: Tensor, hist_len: Tensor, hist_age: Tensor
+    ) -> HistoryState:
         hist_vec, _ = self._embed(hist_idx, hist_bucket, hist_idx.new_ones(0), hist_idx.new_ones(0))
-        return self.encoder(hist_vec, hist_len)  # (B, L, H), (B, H), (B, L)
+        return self.encoder(self._with_age(hist_vec, hist_age), hist_len)  # (B, L, H), (B, H), (B, L)
+
+    def _with_age(self, hist_vec: Tensor, hist_age: Tensor) -> Tensor:
+        """History vectors plus their click-age embedding (padding's age row is zero)."""
+        if self.age_embedding is None:
+            return hist_vec
+        return hist_vec + self.age_embedding(hist_age).to(hist_vec.dtype)  # (B, L, D)
 
     def _score(self, history: HistoryState, target_vec: Tensor) -> tuple[Tensor, Tensor]:
         t = self.target_proj(target_vec)  # (B, H)
@@ -362,7 +390,9 @@ class CTRModel(nn.Module):
         if missing:
             raise ValueError(f"model batch is missing keys {missing}")
         hist_idx, hist_bucket, hist_len = batch["hist_idx"], batch["hist_bucket"], batch["hist_len"]
-        hist_idx, hist_bucket = self._checked(hist_idx, hist_bucket, hist_len, batch["target_bucket"])
+        hist_idx, hist_bucket, hist_age = self._checked(
+            hist_idx, hist_bucket, hist_len, batch["target_bucket"], batch.get("hist_age")
+        )
         if batch["target_idx"].shape != hist_len.shape or batch["target_bucket"].shape != hist_len.shape:
             raise ValueError(f"target_idx and target_bucket must be (B,) with B={hist_len.shape[0]}")
         hist_vec, tgt_vec = self._embed(
@@ -373,7 +403,7 @@ class CTRModel(nn.Module):
             batch.get("target_text"),
             batch.get("target_text_mask"),
         )
-        logits, weights = self._score(self.encoder(hist_vec, hist_len), tgt_vec)
+        logits, weights = self._score(self.encoder(self._with_age(hist_vec, hist_age), hist_len), tgt_vec)
         return (logits, weights) if return_attention else logits
 
     def score_candidates(
@@ -385,6 +415,7 @@ class CTRModel(nn.Module):
         target_bucket: Tensor,
         target_text: Tensor | None = None,
         target_text_mask: Tensor | None = None,
+        hist_age: Tensor | None = None,
     ) -> Tensor:
         """Logits (C,) of C candidates for one user's history (1, L): the encoder runs once and its
         state is broadcast over the candidates; equals forward() on the expanded batch."""
@@ -392,8 +423,8 @@ class CTRModel(nn.Module):
             raise ValueError(f"score_candidates takes one user's history (1, L), got {tuple(hist_idx.shape)}")
         if target_idx.dim() != 1 or target_bucket.shape != target_idx.shape:
             raise ValueError("target_idx and target_bucket must both be (C,)")
-        hist_idx, hist_bucket = self._checked(hist_idx, hist_bucket, hist_len, target_bucket)
-        history = self._encode_history(hist_idx, hist_bucket, hist_len)
+        hist_idx, hist_bucket, hist_age = self._checked(hist_idx, hist_bucket, hist_len, target_bucket, hist_age)
+        history = self._encode_history(hist_idx, hist_bucket, hist_len, hist_age)
         _, tgt_vec = self._embed(None, None, target_idx, target_bucket, target_text, target_text_mask)
         C = target_idx.shape[0]
         expanded = HistoryState(

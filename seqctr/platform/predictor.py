@@ -11,11 +11,10 @@ import torch
 
 from seqctr.platform.checkpoint import CheckpointContents, read_checkpoint
 from seqctr.platform.config import ExperimentConfig
-from seqctr.platform.features import ItemIndex
+from seqctr.platform.features import MODEL_INPUTS, ItemIndex
 from seqctr.platform.model import CTRModel
 
 BERT_CONFIG_FILE = "bert_config.json"
-MODEL_INPUTS = ("hist_idx", "hist_bucket", "hist_len", "target_idx", "target_bucket")
 
 
 @dataclass
@@ -35,7 +34,11 @@ class LoadedModel:
         n = len(arrays["target_idx"])
         out = np.empty(n, dtype=np.float32)
         for start in range(0, n, batch_size):
-            batch = {k: torch.tensor(arrays[k][start : start + batch_size], device=self.device) for k in MODEL_INPUTS}
+            batch = {
+                k: torch.tensor(arrays[k][start : start + batch_size], device=self.device)
+                for k in MODEL_INPUTS
+                if k in arrays  # encoded samples without hist_age: the model treats ages as unknown
+            }
             out[start : start + batch_size] = torch.sigmoid(self.model(batch)).float().cpu().numpy()
         return out
 

@@ -8,7 +8,9 @@ ever lands in an earlier split; `build_and_write` writes them in one streaming p
 
 Sample of an event (DESIGN.md "Contracts"): `history` = the same user's earlier *positive* events
 (timestamp strictly smaller: an event never sees a click made at the same second), oldest first,
-the most recent `max_seq_len` of them; `target` = the event's item; `label`.
+the most recent `max_seq_len` of them; `history_ts` = their timestamps (the model reads each click's
+age at the event's `timestamp`: clicks of the current session reveal its intent); `target` = the
+event's item; `label`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from seqctr.platform.schema import (
     validate_items,
 )
 
-SAMPLES_FORMAT = "seqctr.samples/v1"
+SAMPLES_FORMAT = "seqctr.samples/v2"  # v2: history_ts beside history
 SUCCESS_FILE = "_SUCCESS"
 SPLITS = ("train", "val", "test")
 SKETCH_POINTS = 2048  # timestamp summary points per block: split fractions are exact to ~1/2048
@@ -54,6 +56,7 @@ SAMPLES_SCHEMA = pa.schema(
         ("user_id", pa.string()),
         ("timestamp", pa.int64()),
         ("history", pa.list_(pa.string())),
+        ("history_ts", pa.list_(pa.int64())),
         ("target", pa.string()),
         ("label", pa.int8()),
     ]
@@ -167,13 +170,15 @@ def samples_from_events(events: pa.Table, max_seq_len: int) -> pa.Table:
     np.cumsum(lengths, out=offsets[1:])
     take = np.repeat(lo - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
     positive_items = items.filter(pa.array(positive))
-    history = pa.ListArray.from_arrays(
-        pa.array(offsets, type=pa.int32()), positive_items.take(pa.array(take, type=pa.int64()))
-    )
+    take_positive = pa.array(take, type=pa.int64())
+    list_offsets = pa.array(offsets, type=pa.int32())
+    history = pa.ListArray.from_arrays(list_offsets, positive_items.take(take_positive))
+    history_ts = pa.ListArray.from_arrays(list_offsets, pa.array(ts[positive][take], type=pa.int64()))
     columns = {
         "user_id": events.column("user_id").take(take_order),
         "timestamp": pa.array(ts, type=pa.int64()),
         "history": history,
+        "history_ts": history_ts,
         "target": items,
         "label": pa.array(labels, type=pa.int8()),
     }

@@ -73,17 +73,13 @@ class RetryPolicy:
         return min(self.backoff_s * 2**attempt, self.max_backoff_s)
 
 
-def _score_body(
-    history: Sequence[str | int], candidates: Sequence[Candidate], user_id: str | None, explain: bool
+def _body(
+    request_type: type[ScoreRequest], history: Sequence[str | int], candidates: Sequence[Candidate], **fields: Any
 ) -> dict[str, Any]:
-    request = ScoreRequest(user_id=user_id, history=list(history), candidates=list(candidates), explain=explain)
-    return request.model_dump(exclude_none=True)
-
-
-def _rank_body(
-    history: Sequence[str | int], candidates: Sequence[Candidate], k: int, user_id: str | None, explain: bool
-) -> dict[str, Any]:
-    request = RankRequest(user_id=user_id, history=list(history), candidates=list(candidates), explain=explain, k=k)
+    """The request checked locally (the same pydantic model as the server), as a JSON-ready dict."""
+    if fields.get("history_timestamps") is not None:
+        fields["history_timestamps"] = list(fields["history_timestamps"])
+    request = request_type(history=list(history), candidates=list(candidates), **fields)
     return request.model_dump(exclude_none=True)
 
 
@@ -139,11 +135,22 @@ class CTRClient:
         history: Sequence[str | int],
         candidates: Sequence[Candidate],
         *,
+        history_timestamps: Sequence[int] | None = None,
+        timestamp: int | None = None,
         user_id: str | None = None,
         explain: bool = False,
     ) -> ScoreResponse:
-        """Click probabilities of `candidates` (ids, or {"item_id", "text"} for new items), in order."""
-        body = _score_body(history, candidates, user_id, explain)
+        """Click probabilities of `candidates` (ids, or {"item_id", "text"} for new items), in order.
+        `history_timestamps` (unix seconds per click) let the model tell this session's clicks apart."""
+        body = _body(
+            ScoreRequest,
+            history,
+            candidates,
+            history_timestamps=history_timestamps,
+            timestamp=timestamp,
+            user_id=user_id,
+            explain=explain,
+        )
         return self._request("POST", "/v1/score", ScoreResponse, body)
 
     def rank(
@@ -152,11 +159,23 @@ class CTRClient:
         candidates: Sequence[Candidate],
         k: int = 10,
         *,
+        history_timestamps: Sequence[int] | None = None,
+        timestamp: int | None = None,
         user_id: str | None = None,
         explain: bool = False,
     ) -> RankResponse:
         """The k best candidates, best first."""
-        return self._request("POST", "/v1/rank", RankResponse, _rank_body(history, candidates, k, user_id, explain))
+        body = _body(
+            RankRequest,
+            history,
+            candidates,
+            k=k,
+            history_timestamps=history_timestamps,
+            timestamp=timestamp,
+            user_id=user_id,
+            explain=explain,
+        )
+        return self._request("POST", "/v1/rank", RankResponse, body)
 
     def model_info(self) -> ModelInfo:
         """Name, version, metrics and config of the served model, and the latest reload attempt."""
@@ -210,11 +229,21 @@ class AsyncCTRClient:
         history: Sequence[str | int],
         candidates: Sequence[Candidate],
         *,
+        history_timestamps: Sequence[int] | None = None,
+        timestamp: int | None = None,
         user_id: str | None = None,
         explain: bool = False,
     ) -> ScoreResponse:
         """Click probabilities of `candidates`, in order (see CTRClient.score)."""
-        body = _score_body(history, candidates, user_id, explain)
+        body = _body(
+            ScoreRequest,
+            history,
+            candidates,
+            history_timestamps=history_timestamps,
+            timestamp=timestamp,
+            user_id=user_id,
+            explain=explain,
+        )
         return await self._request("POST", "/v1/score", ScoreResponse, body)
 
     async def rank(
@@ -223,11 +252,22 @@ class AsyncCTRClient:
         candidates: Sequence[Candidate],
         k: int = 10,
         *,
+        history_timestamps: Sequence[int] | None = None,
+        timestamp: int | None = None,
         user_id: str | None = None,
         explain: bool = False,
     ) -> RankResponse:
         """The k best candidates, best first."""
-        body = _rank_body(history, candidates, k, user_id, explain)
+        body = _body(
+            RankRequest,
+            history,
+            candidates,
+            k=k,
+            history_timestamps=history_timestamps,
+            timestamp=timestamp,
+            user_id=user_id,
+            explain=explain,
+        )
         return await self._request("POST", "/v1/rank", RankResponse, body)
 
     async def model_info(self) -> ModelInfo:

@@ -205,12 +205,8 @@ def serve_args(config: Path | None, overrides: list[str]) -> tuple[dict[str, Any
 
 
 def serve_command(
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="registry://NAME@ALIAS or a checkpoint dir."
-    ),
-    config: Path | None = typer.Option(
-        None, "--config", "-c", help="Experiment YAML or a Serve config file."
-    ),
+    model: str | None = typer.Option(None, "--model", "-m", help="registry://NAME@ALIAS or a checkpoint dir."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Experiment YAML or a Serve config file."),
     set_: list[str] = typer.Option(None, "--set", "-s", help="Config override, e.g. serve.max_batch_size=8."),
     name: str = typer.Option(DEFAULT_APP, help="Serve application name."),
     host: str | None = typer.Option(None, help="HTTP host (default serve.host)."),
@@ -260,6 +256,9 @@ def serve_command(
 def score_command(
     url: str = typer.Option("http://127.0.0.1:8000", help="Endpoint base URL."),
     history: str = typer.Option("", help="Clicked item ids, oldest first, comma-separated."),
+    history_timestamps: str = typer.Option(
+        "", help="Unix seconds of each history click, comma-separated (same count as --history)."
+    ),
     candidates: str = typer.Option(..., help="Candidate item ids, comma-separated."),
     rank: int | None = typer.Option(None, "--rank", "-k", help="Return only the top K (POST /v1/rank)."),
     explain: bool = typer.Option(False, help="Include attention weights per history item."),
@@ -275,14 +274,23 @@ def score_command(
 
     hist = [h.strip() for h in history.split(",") if h.strip()]
     cands = [c.strip() for c in candidates.split(",") if c.strip()]
+    stamps: list[int] | None = None
+    if history_timestamps.strip():
+        try:
+            stamps = [int(t) for t in history_timestamps.split(",") if t.strip()]
+        except ValueError:
+            message = f"--history-timestamps: whole unix seconds, comma-separated; got {history_timestamps!r}"
+            raise _fail(message) from None
+    fields = {"history_timestamps": stamps, "user_id": user_id, "explain": explain}
     try:
         with CTRClient(url, api_key=os.environ.get(api_key_env) or None, timeout=timeout) as client:
             if rank is not None:
-                out = client.rank(hist, cands, k=rank, user_id=user_id, explain=explain)
+                out = client.rank(hist, cands, k=rank, **fields)
             else:
-                out = client.score(hist, cands, user_id=user_id, explain=explain)
+                out = client.score(hist, cands, **fields)
     except ValidationError as err:
-        raise _fail(f"--candidates/--history: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
+        first = err.errors()[0]
+        raise _fail(f"--candidates/--history/--history-timestamps: {first['loc']}: {first['msg']}") from None
     except (CTRClientError, httpx.HTTPError) as err:
         raise _fail(str(err)) from None
     typer.echo(out.model_dump_json(indent=2, exclude_none=True))

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from seqctr.platform.config import ExperimentConfig, config_from_dict
-from seqctr.platform.features import UNKNOWN, ItemIndex, hash_buckets
+from seqctr.platform.features import UNKNOWN, ItemIndex, age_buckets, hash_buckets
 from seqctr.platform.model import CTRModel, HistoryState
 from seqctr.platform.predictor import load_model
 
@@ -189,6 +190,7 @@ class Job:
     history: list[str]
     hist_idx: np.ndarray  # (n,) item rows
     hist_bucket: np.ndarray  # (n,) id buckets
+    hist_age: np.ndarray  # (n,) click age buckets (UNKNOWN without timestamps)
     candidates: list[str]
     cand_idx: np.ndarray  # (C,)
     cand_bucket: np.ndarray  # (C,)
@@ -212,6 +214,18 @@ def encode_ids(ids: list[str], index: ItemIndex, num_buckets: int) -> tuple[np.n
     return rows, buckets
 
 
+def click_ages(payload: dict[str, Any], kept: int) -> np.ndarray:
+    """Age buckets of the last `kept` history clicks at the request's time (the server's clock when the
+    request has none), as training computes them; unknown (1) when the request has no timestamps."""
+    stamps = payload.get("history_timestamps")
+    if stamps is None:
+        return np.full(kept, UNKNOWN, dtype=np.int64)
+    now = payload.get("timestamp")
+    now = int(time.time()) if now is None else int(now)
+    recent = np.asarray(stamps[len(stamps) - kept :], dtype=np.int64)
+    return age_buckets(now - recent)
+
+
 def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
     """Encode a request (`ScoreRequest.payload()`); histories longer than max_seq_len keep the most recent."""
     cfg = model.config
@@ -219,13 +233,10 @@ def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
     candidates = [str(c) for c in payload["candidates"]]
     texts = payload.get("texts") or [None] * len(candidates)
     hist_idx, hist_bucket = encode_ids(history, model.index, cfg.model.id_buckets)
+    hist_age = click_ages(payload, len(history))
     cand_idx, cand_bucket = encode_ids(candidates, model.index, cfg.model.id_buckets)
     use_text = model.model.text_dim > 0
-    cold = [
-        i
-        for i, row in enumerate(cand_idx)
-        if row == UNKNOWN and use_text and texts[i] and str(texts[i]).strip()
-    ]
+    cold = [i for i, row in enumerate(cand_idx) if row == UNKNOWN and use_text and texts[i] and str(texts[i]).strip()]
     sources = ["known" if row != UNKNOWN else "hashed" for row in cand_idx]
     for i in cold:
         sources[i] = "text"
@@ -233,6 +244,7 @@ def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
         history=history,
         hist_idx=hist_idx,
         hist_bucket=hist_bucket,
+        hist_age=hist_age,
         candidates=candidates,
         cand_idx=cand_idx,
         cand_bucket=cand_bucket,
@@ -244,9 +256,7 @@ def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
 
 
 @torch.inference_mode()
-def score_jobs(
-    model: CTRModel, jobs: list[Job], device: torch.device | str = "cpu"
-) -> list[tuple[np.ndarray, Any]]:
+def score_jobs(model: CTRModel, jobs: list[Job], device: torch.device | str = "cpu") -> list[tuple[np.ndarray, Any]]:
     """(probabilities (C,), attention (C, n) or None) per job; one encoder pass for all B histories.
 
     Equals `model.score_candidates` per job: the same history state broadcast over its candidates.
@@ -255,12 +265,15 @@ def score_jobs(
     L = max(1, max(len(j.hist_idx) for j in jobs))
     idx = np.zeros((B, L), dtype=np.int64)  # (B, L) right-padded
     bucket = np.zeros((B, L), dtype=np.int64)
+    age = np.zeros((B, L), dtype=np.int64)
     for row, job in enumerate(jobs):
         idx[row, : len(job.hist_idx)] = job.hist_idx
         bucket[row, : len(job.hist_idx)] = job.hist_bucket
+        age[row, : len(job.hist_idx)] = job.hist_age
     hist_idx, hist_bucket = torch.from_numpy(idx).to(device), torch.from_numpy(bucket).to(device)
     hist_len = torch.tensor([len(j.hist_idx) for j in jobs], dtype=torch.long, device=device)  # (B,)
-    state = model.encode_history(hist_idx, hist_bucket, hist_len)  # (B, L, H), (B, H), (B, L)
+    hist_age = torch.from_numpy(age).to(device)
+    state = model.encode_history(hist_idx, hist_bucket, hist_len, hist_age)  # (B, L, H), (B, H), (B, L)
 
     counts = [len(j.cand_idx) for j in jobs]
     tgt_idx = torch.from_numpy(np.concatenate([j.cand_idx for j in jobs]).astype(np.int64)).to(device)  # (N,)
@@ -361,9 +374,7 @@ class ItemEncoder:
             missing = [t for t in dict.fromkeys(texts) if (settings, t) not in self._cache]
             self.hits += len(texts) - len(missing)
             self.misses += len(missing)
-            fresh = (
-                dict(zip(missing, self._encoder(*settings).encode(missing), strict=True)) if missing else {}
-            )
+            fresh = dict(zip(missing, self._encoder(*settings).encode(missing), strict=True)) if missing else {}
             vectors = [fresh[t] if t in fresh else self._cache[(settings, t)] for t in texts]
             for t in texts:  # refresh recency, insert new vectors, evict the oldest
                 key = (settings, t)
@@ -500,9 +511,7 @@ class CTRScorer:
                     model.model.text_dim,
                 )
             except Exception as err:  # noqa: BLE001 - degrade, never fail the request
-                logger.error(
-                    "ItemEncoder failed; scoring %d text candidates by hashed id: %s", len(job.cold), err
-                )
+                logger.error("ItemEncoder failed; scoring %d text candidates by hashed id: %s", len(job.cold), err)
         for i in job.cold:
             job.sources[i] = "hashed"
         job.cold, job.cold_texts = [], []

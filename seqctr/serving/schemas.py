@@ -4,7 +4,8 @@ Pydantic does the checking, so every bad request is a 422 whose `loc` names the 
 standard error shape). Limits that depend on the config (`serve.max_candidates`) are checked by the
 ingress with `candidates_error`, which returns an error of the same shape.
 
-    {"user_id": "u1", "history": ["i3", 17], "candidates": ["i9", {"item_id": "new", "text": "red shoes"}]}
+    {"user_id": "u1", "history": ["i3", 17], "history_timestamps": [1717000000, 1717000042],
+     "candidates": ["i9", {"item_id": "new", "text": "red shoes"}]}
 
 Item ids may be strings or integers; both are compared as strings, as in the training data.
 """
@@ -23,6 +24,8 @@ from pydantic import (
     StrictInt,
     StrictStr,
     StringConstraints,
+    ValidationInfo,
+    field_validator,
 )
 
 
@@ -68,6 +71,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, as the training data's timestamp check
+UnixSeconds = Annotated[Integer, Field(ge=0, le=MAX_UNIX_SECONDS)]
+"""Unix time in whole seconds (a millisecond value is out of range, so it is refused, not misread)."""
+
+
 class CandidateItem(_Strict):
     """A candidate with its text, so an item the model has never seen can still be scored by content."""
 
@@ -82,11 +90,28 @@ class ScoreRequest(_Strict):
     history: list[ItemId] = Field(
         description="Items the user clicked, oldest first; longer than max_seq_len = cut to the most recent."
     )
+    history_timestamps: list[UnixSeconds] | None = Field(
+        None,
+        description="Unix seconds of each history click (same length as history). The model reads each "
+        "click's age: clicks of the current session reveal what the user wants now. Without them ages "
+        "are unknown and scores are less sharp.",
+    )
+    timestamp: UnixSeconds | None = Field(
+        None, description="Unix seconds of the request, for click ages (default: the server's clock)."
+    )
     candidates: list[ItemId | CandidateItem] = Field(
         min_length=1, description="Item ids or {item_id, text} objects; at most serve.max_candidates."
     )
     # Strict, as the schema says: `"explain": 0` or `"k": "3"` are 422s, not silently coerced.
     explain: StrictBool = Field(False, description="Return each history item's attention weight per candidate.")
+
+    @field_validator("history_timestamps")
+    @classmethod
+    def _one_per_click(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        history = info.data.get("history")
+        if value is not None and history is not None and len(value) != len(history):
+            raise ValueError(f"needs one timestamp per history item: {len(value)} for {len(history)} items")
+        return value
 
     def candidate_items(self) -> list[CandidateItem]:
         """Every candidate as a CandidateItem (a bare id has no text)."""
@@ -98,6 +123,8 @@ class ScoreRequest(_Strict):
         return {
             "user_id": self.user_id,
             "history": list(self.history),
+            "history_timestamps": self.history_timestamps,
+            "timestamp": self.timestamp,
             "candidates": [c.item_id for c in items],
             "texts": [c.text for c in items],
             "explain": self.explain,
@@ -113,9 +140,7 @@ class RankRequest(ScoreRequest):
 class ScoredItem(BaseModel):
     item_id: str
     score: float = Field(description="Click probability.")
-    source: ItemSource = Field(
-        description="known | text (cold start, embedded) | hashed (unseen id, no text)."
-    )
+    source: ItemSource = Field(description="known | text (cold start, embedded) | hashed (unseen id, no text).")
     attention: list[float] | None = Field(
         None, description="With explain and an attention model: weight of each item of `history` (sums to 1)."
     )

@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from seqctr.platform.features import ItemIndex, encode_samples, hash_buckets
+from seqctr.platform.features import MODEL_INPUTS, ItemIndex, encode_samples, hash_buckets
 
 USER_HASH_BUCKETS = 2**61  # groups users for GAUC; collisions are negligible at this size
-MODEL_COLUMNS = ("hist_idx", "hist_bucket", "hist_len", "target_idx", "target_bucket", "label", "user")
+MODEL_COLUMNS = (*MODEL_INPUTS, "label", "user")
 
 
 def encode_table(batch: pa.Table, index: ItemIndex, num_buckets: int, max_seq_len: int) -> dict[str, np.ndarray]:
@@ -60,5 +60,4 @@ def encode_dataset(
 
 def to_model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The subset of a batch that the model's forward reads."""
-    keys = ("hist_idx", "hist_bucket", "hist_len", "target_idx", "target_bucket")
-    return {k: batch[k] for k in keys}
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}

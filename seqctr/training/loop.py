@@ -89,7 +89,7 @@ def train_step(
     Shared by the epoch loop and bench/train_throughput.py's bare baseline, so both time the same step."""
     t = cfg.train
     inputs = to_model_inputs(batch)
-    inputs["hist_idx"], inputs["hist_bucket"], inputs["hist_len"] = augment_history(
+    inputs["hist_idx"], inputs["hist_bucket"], inputs["hist_len"], inputs["hist_age"] = augment_history(
         inputs["hist_idx"],
         inputs["hist_bucket"],
         inputs["hist_len"],
@@ -98,6 +98,8 @@ def train_step(
         t.drop_prob,
         t.replace_prob,
         generator,
+        hist_age=inputs.get("hist_age"),
+        age_drop_prob=t.age_drop_prob,
     )
     with autocast(device):
         logits = model(inputs)

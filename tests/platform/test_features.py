@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from seqctr.platform.features import ItemIndex, encode_samples, hash_buckets
+from seqctr.platform.features import UNKNOWN, ItemIndex, age_buckets, encode_samples, hash_buckets
 
 
 def test_item_index_rows_unknown_and_padding():
@@ -133,6 +133,29 @@ def test_encode_samples_slices_chunks_and_dicts_agree():
         np.testing.assert_array_equal(sliced[key], full[key][2:])
         np.testing.assert_array_equal(as_dict[key], full[key])
     assert "label" not in as_dict  # serving batches carry no label
+
+
+def test_age_buckets_are_log2_seconds_capped_and_clock_skew_safe():
+    ages = np.array([0, 1, 2, 3, 15, 450, 1800, 86_400, -5, 10**12])
+    np.testing.assert_array_equal(age_buckets(ages), [2, 3, 3, 4, 6, 10, 12, 18, 2, 26])
+
+
+def test_encode_samples_click_ages_follow_the_kept_items():
+    index = ItemIndex.from_ids(["a", "b", "c"])
+    table = (
+        _hand_batch()
+        .append_column("history_ts", pa.array([[10, 900, 990, 999], [], None, [0]], type=pa.list_(pa.int64())))
+        .append_column("timestamp", pa.array([1000, 1000, 1000, 1000], type=pa.int64()))
+    )
+    out = encode_samples(table, index, 1000, max_seq_len=3)
+    # Row 0 keeps b, c, zz clicked 100, 10 and 1 s before the event; row 3's click is 1000 s old.
+    np.testing.assert_array_equal(out["hist_age"], [[8, 5, 3], [0, 0, 0], [0, 0, 0], [11, 0, 0]])
+    np.testing.assert_array_equal(out["hist_age"][2:], encode_samples(table.slice(2), index, 1000, 3)["hist_age"])
+    blind = encode_samples(_hand_batch(), index, 1000, 3)["hist_age"]  # no timestamps: unknown ages
+    np.testing.assert_array_equal(blind, np.where(out["hist_idx"] > 0, UNKNOWN, 0))
+    bad = table.set_column(3, "history_ts", pa.array([[1, 2], [], None, [0]], type=pa.list_(pa.int64())))
+    with pytest.raises(ValueError, match="row 0: 'history_ts' must have one timestamp per 'history' item"):
+        encode_samples(bad, index, 1000, 3)
 
 
 def test_encode_samples_requires_columns():

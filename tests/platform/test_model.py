@@ -9,6 +9,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from seqctr.platform.config import ModelConfig
+from seqctr.platform.features import AGE_BUCKETS
 from seqctr.platform.metrics import auc
 from seqctr.platform.model import CTRModel, build_model
 
@@ -49,9 +50,11 @@ def make_batch(seed: int = 0, B: int = 8, L: int = 6) -> dict[str, torch.Tensor]
     idx = torch.randint(2, NUM_ITEMS, (B, L), generator=g)
     idx = idx * (torch.arange(L) < lengths[:, None])
     target = torch.randint(2, NUM_ITEMS, (B,), generator=g)
+    age = torch.randint(1, AGE_BUCKETS, (B, L), generator=g) * (idx > 0)  # 1 = unknown age, 2.. log2 s
     return {
         "hist_idx": idx,
         "hist_bucket": idx % BUCKETS,  # identity hashing for the test; 0 stays 0
+        "hist_age": age,
         "hist_len": lengths,
         "target_idx": target,
         "target_bucket": target % BUCKETS,
@@ -60,7 +63,7 @@ def make_batch(seed: int = 0, B: int = 8, L: int = 6) -> dict[str, torch.Tensor]
 
 def pad_right(batch: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
     out = dict(batch)
-    for key in ("hist_idx", "hist_bucket"):
+    for key in ("hist_idx", "hist_bucket", "hist_age"):
         out[key] = torch.cat([batch[key], torch.zeros(batch[key].shape[0], extra, dtype=torch.long)], 1)
     return out
 
@@ -96,6 +99,29 @@ def test_ids_beyond_the_length_are_padding() -> None:
         torch.testing.assert_close(model(noisy), model(batch), atol=1e-6, rtol=0)
 
 
+def test_click_ages_change_the_score_only_with_time_features() -> None:
+    batch = make_batch()
+    older = dict(batch, hist_age=torch.where(batch["hist_idx"] > 0, AGE_BUCKETS - 1, 0))
+    unknown = dict(batch, hist_age=(batch["hist_idx"] > 0).long())
+    no_age = {k: v for k, v in batch.items() if k != "hist_age"}
+    has_history = batch["hist_len"] > 0
+    with torch.no_grad():
+        timed = make_model(time_features=True)
+        assert not torch.allclose(timed(older)[has_history], timed(batch)[has_history])
+        torch.testing.assert_close(timed(no_age), timed(unknown), atol=0, rtol=0)  # missing = unknown
+        untimed = make_model(time_features=False)
+        assert untimed.age_embedding is None
+        torch.testing.assert_close(untimed(older), untimed(batch), atol=0, rtol=0)
+
+
+def test_hist_age_out_of_range_names_the_key() -> None:
+    batch = make_batch()
+    with pytest.raises(ValueError, match="hist_age outside"):
+        make_model()(dict(batch, hist_age=batch["hist_age"] + AGE_BUCKETS))
+    with pytest.raises(ValueError, match="hist_age .* must match hist_idx"):
+        make_model()(dict(batch, hist_age=batch["hist_age"][:, :2]))
+
+
 @pytest.mark.parametrize("sequence", ["lstm", "gru", "mean"])
 def test_empty_history_gives_zero_state_and_finite_logit(sequence: str) -> None:
     model = make_model(sequence=sequence, attention=True)
@@ -110,7 +136,10 @@ def test_empty_history_gives_zero_state_and_finite_logit(sequence: str) -> None:
     # A batch whose every history is empty, and a history tensor with no columns at all.
     empty = dict(batch, hist_len=torch.zeros(8, dtype=torch.long))
     no_columns = dict(
-        empty, hist_idx=torch.zeros(8, 0, dtype=torch.long), hist_bucket=torch.zeros(8, 0, dtype=torch.long)
+        empty,
+        hist_idx=torch.zeros(8, 0, dtype=torch.long),
+        hist_bucket=torch.zeros(8, 0, dtype=torch.long),
+        hist_age=torch.zeros(8, 0, dtype=torch.long),
     )
     with torch.no_grad():
         torch.testing.assert_close(model(no_columns), model(empty), atol=1e-6, rtol=0)
@@ -190,7 +219,7 @@ def test_score_candidates_equals_forward_on_expanded_batch(variant: dict) -> Non
     text = torch.randn(C, TEXT_DIM)
     mask = torch.rand(C) < 0.3
     for row in (0, 1, 4):  # empty, full and partial histories
-        hist = {k: batch[k][row : row + 1] for k in ("hist_idx", "hist_bucket", "hist_len")}
+        hist = {k: batch[k][row : row + 1] for k in ("hist_idx", "hist_bucket", "hist_len", "hist_age")}
         expanded = {k: v.expand(C, *v.shape[1:]) for k, v in hist.items()}
         expanded.update(target_idx=cand, target_bucket=cand % BUCKETS, target_text=text, target_text_mask=mask)
         with torch.no_grad():

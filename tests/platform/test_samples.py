@@ -71,16 +71,18 @@ def _brute_force(log: list[tuple], max_seq_len: int) -> list[tuple]:
     out = []
     for user, item, ts, label in log:
         earlier = sorted((t, i) for u, i, t, lab in log if u == user and lab == 1 and t < ts)
-        history = [i for _, i in earlier][-max_seq_len:] if earlier else []
-        out.append((user, int(ts), item, int(label), tuple(history)))
+        kept = earlier[-max_seq_len:]
+        out.append((user, int(ts), item, int(label), tuple(i for _, i in kept), tuple(int(t) for t, _ in kept)))
     return sorted(out)
 
 
 def _rows(table: pa.Table) -> list[tuple]:
     d = table.to_pydict()
     return sorted(
-        (u, int(t), i, int(lab), tuple(h))
-        for u, t, i, lab, h in zip(d["user_id"], d["timestamp"], d["target"], d["label"], d["history"], strict=True)
+        (u, int(t), i, int(lab), tuple(h), tuple(hts))
+        for u, t, i, lab, h, hts in zip(
+            d["user_id"], d["timestamp"], d["target"], d["label"], d["history"], d["history_ts"], strict=True
+        )
     )
 
 
@@ -91,8 +93,14 @@ def test_hand_written_log_exact_histories():
         for u, i, h in zip(*(out.column(c).to_pylist() for c in ("user_id", "target", "history")), strict=True)
     }
     assert got == EXPECTED
-    assert out.column_names == ["user_id", "timestamp", "history", "target", "label"]
+    assert out.column_names == ["user_id", "timestamp", "history", "history_ts", "target", "label"]
     assert out.schema.field("history").type == pa.list_(pa.string())
+    # history_ts: the click time of each history item, strictly before the event.
+    when = {(u, i): t for u, i, t, _ in HAND_LOG}
+    for u, _i, t, h, hts in zip(
+        *(out.column(c).to_pylist() for c in ("user_id", "target", "timestamp", "history", "history_ts")), strict=True
+    ):
+        assert hts == [when[(u, x)] for x in h] and all(c < t for c in hts)
     # Sorted by user, then time, then item.
     assert out.column("target").to_pylist() == ["i1", "i2", "i3", "i4", "i5", "i6", "i7", "x0", "x1", "c1", "c2", "c3"]
 
@@ -114,7 +122,14 @@ def test_p_true_travels_with_its_row():
 
 def test_empty_input():
     out = samples_from_events(_table([]), max_seq_len=3)
-    assert out.num_rows == 0 and out.column_names == ["user_id", "timestamp", "history", "target", "label"]
+    assert out.num_rows == 0 and out.column_names == [
+        "user_id",
+        "timestamp",
+        "history",
+        "history_ts",
+        "target",
+        "label",
+    ]
 
 
 events_strategy = st.lists(
@@ -129,9 +144,9 @@ def test_property_histories_match_brute_force(log, max_seq_len):
     out = samples_from_events(_table(log), max_seq_len)
     assert _rows(out) == _brute_force(log, max_seq_len)
     clicks = {(u, i, t) for u, i, t, lab in log if lab == 1}
-    for user, ts, _target, _label, history in _rows(out):
-        for item in history:  # every history item is a click of the same user strictly before
-            assert any((user, item, t) in clicks for t in range(ts))
+    for user, ts, _target, _label, history, history_ts in _rows(out):
+        for item, t in zip(history, history_ts, strict=True):  # a click of the same user strictly before
+            assert t < ts and (user, item, t) in clicks
 
 
 @settings(max_examples=15, deadline=None)
@@ -193,7 +208,14 @@ def test_ray_read_events_and_build_samples_int_ids_and_timestamp_type(ray_sessio
     # Normalised: ids as strings, milliseconds floored to unix seconds, bool labels as int8.
     assert samples.schema.field("user_id").type == pa.string() and samples.schema.field("label").type == pa.int8()
     first = samples.sort_by([("user_id", "ascending"), ("timestamp", "ascending")]).slice(0, 1).to_pylist()[0]
-    assert first == {"user_id": "1", "timestamp": 1, "history": [], "target": str(items["i1"]), "label": 1}
+    assert first == {
+        "user_id": "1",
+        "timestamp": 1,
+        "history": [],
+        "history_ts": [],
+        "target": str(items["i1"]),
+        "label": 1,
+    }
     name = {str(v): k for k, v in items.items()}
     user = {str(v): k for k, v in users.items()}
     got = {
@@ -239,9 +261,17 @@ def test_ray_build_and_write_end_to_end(ray_session, tmp_path):
 
     splits = {s: pq.read_table(out / s) for s in ("train", "val", "test")}
     assert _rows(
-        pa.concat_tables(splits.values()).select(["user_id", "timestamp", "history", "target", "label"])
+        pa.concat_tables(splits.values()).select(["user_id", "timestamp", "history", "history_ts", "target", "label"])
     ) == _brute_force(log, 5)
-    assert splits["train"].column_names == ["user_id", "timestamp", "history", "target", "label", "p_true"]
+    assert splits["train"].column_names == [
+        "user_id",
+        "timestamp",
+        "history",
+        "history_ts",
+        "target",
+        "label",
+        "p_true",
+    ]
     t_val, t_test = report["boundaries"]["val_from"], report["boundaries"]["test_from"]
     ts = {s: np.asarray(t.column("timestamp")) for s, t in splits.items()}
     assert ts["train"].max() < t_val <= ts["val"].min() and ts["val"].max() < t_test <= ts["test"].min()

@@ -36,12 +36,21 @@ def write_checkpoint(path: Path, seed: int = 0, cfg: ExperimentConfig | None = N
     )
 
 
-def offline_scores(checkpoint: Path, history: list[str], candidates: list[str]) -> np.ndarray:
+def offline_scores(
+    checkpoint: Path,
+    history: list[str],
+    candidates: list[str],
+    history_ts: list[int] | None = None,
+    timestamp: int | None = None,
+) -> np.ndarray:
     """What the offline predictor (encode_samples + LoadedModel.predict) says for the same inputs."""
     loaded = load_model(checkpoint)
     cfg = loaded.config
+    batch = {"history": [history] * len(candidates), "target": candidates}
+    if history_ts is not None:
+        batch |= {"history_ts": [history_ts] * len(candidates), "timestamp": [timestamp] * len(candidates)}
     arrays = encode_samples(
-        {"history": [history] * len(candidates), "target": candidates},
+        batch,
         loaded.index,
         cfg.model.id_buckets,
         cfg.data.max_seq_len,

@@ -85,6 +85,14 @@ def test_score_equals_offline_model(client, checkpoints):
     assert out.model == "tiny" and out.version.startswith("sha256:")
 
 
+def test_click_timestamps_reach_the_model(client, checkpoints):
+    now = 1_717_000_000
+    stamps = [now - 600 * (len(HISTORY) - k) for k in range(len(HISTORY))]
+    out = client.score(HISTORY, CANDIDATES, history_timestamps=stamps, timestamp=now)
+    expected = offline_scores(checkpoints["a"], HISTORY, CANDIDATES, stamps, now)
+    np.testing.assert_allclose(out.scores, expected, atol=1e-5)
+
+
 def test_integer_ids_are_the_same_items_as_strings(client, checkpoints):
     as_ints = client.score([3, 4], [5, 6])
     as_strs = client.score(["3", "4"], ["5", "6"])
@@ -154,6 +162,9 @@ def test_explain_returns_attention_per_history_item(client):
         ({"history": [], "candidates": ["i1"], "explain": "maybe"}, ["body", "explain"]),
         ({"history": [], "candidates": ["i1"] * 51}, ["body", "candidates"]),
         ({"history": [], "candidates": ["i1"], "candidate": ["i2"]}, ["body", "candidate"]),
+        ({"history": ["i1", "i2"], "history_timestamps": [5], "candidates": ["i1"]}, ["body", "history_timestamps"]),
+        ({"history": ["i1"], "history_timestamps": [-1], "candidates": ["i1"]}, ["body", "history_timestamps", 0]),
+        ({"history": [], "timestamp": 1_717_000_000_000, "candidates": ["i1"]}, ["body", "timestamp"]),
     ],
 )
 def test_bad_requests_are_422_naming_the_field(endpoint, body, field):

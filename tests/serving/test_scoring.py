@@ -60,6 +60,22 @@ def test_scores_equal_the_offline_predictor(checkpoints):
     assert [i["source"] for i in out["items"]] == ["known", "known", "hashed", "known"]
 
 
+def test_click_timestamps_score_as_the_offline_predictor(checkpoints):
+    """Click ages reach the model as training computes them, cut with the history to max_seq_len."""
+    scorer = make_scorer(checkpoints["a"])
+    now = 1_717_000_000
+    stamps = [now - 86_400 * (14 - k) for k in range(14)]  # one click a day; the last one a day old
+    stamps[-2:] = [now - 30, now - 5]  # ... but the two most recent are from this session
+    body = {"history": HISTORY, "history_timestamps": stamps, "timestamp": now, "candidates": CANDIDATES}
+    timed = run(scorer.score(body))["scores"]
+    expected = offline_scores(checkpoints["a"], HISTORY, CANDIDATES, stamps, now)
+    np.testing.assert_allclose(timed, expected, atol=1e-5)
+    blind = run(scorer.score({"history": HISTORY, "candidates": CANDIDATES}))["scores"]
+    assert not np.allclose(timed, blind, atol=1e-4)  # the ages matter
+    job = prepare_job(scorer._current, {**body, "timestamp": None})  # no request time: the server's clock
+    assert job.hist_age.tolist()[-1] > 2 and len(job.hist_age) == 10
+
+
 def test_one_batch_of_many_requests_equals_each_alone(checkpoints):
     model = make_scorer(checkpoints["a"])._current
     jobs = [
@@ -174,6 +190,8 @@ def test_schemas_coerce_ids_and_name_bad_fields():
     assert req.payload() == {
         "user_id": None,
         "history": ["1", "b"],
+        "history_timestamps": None,
+        "timestamp": None,
         "candidates": ["2", "3"],
         "texts": [None, "t"],
         "explain": False,
@@ -182,6 +200,8 @@ def test_schemas_coerce_ids_and_name_bad_fields():
         ({"history": [True], "candidates": ["a"]}, ("history", 0)),
         ({"history": [], "candidates": [""]}, ("candidates", 0)),
         ({"history": [], "candidates": ["a"], "extra": 1}, ("extra",)),
+        ({"history": ["a"], "history_timestamps": [1, 2], "candidates": ["a"]}, ("history_timestamps",)),
+        ({"history": ["a"], "history_timestamps": ["1"], "candidates": ["a"]}, ("history_timestamps", 0)),
     ):
         with pytest.raises(ValidationError) as err:
             ScoreRequest.model_validate(body)

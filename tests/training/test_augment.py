@@ -19,17 +19,49 @@ def _check_layout(idx, bucket, length):
     assert torch.equal(bucket, torch.where(idx > 0, BUCKETS[idx], 0))
 
 
+def _ages(idx):
+    """Age bucket 2 + item index at real positions, so an age can be traced to its item."""
+    return torch.where(idx > 0, idx + 2, 0)
+
+
 def test_off_returns_inputs_unchanged():
     idx, bucket, length = _batch()
-    out = augment_history(idx, bucket, length, BUCKETS)
-    assert all(torch.equal(a, b) for a, b in zip(out, (idx, bucket, length), strict=True))
+    out = augment_history(idx, bucket, length, BUCKETS, hist_age=_ages(idx))
+    assert all(torch.equal(a, b) for a, b in zip(out, (idx, bucket, length, _ages(idx)), strict=True))
+
+
+def test_missing_ages_are_unknown_at_real_positions_only():
+    idx, bucket, length = _batch()
+    age = augment_history(idx, bucket, length, BUCKETS)[3]
+    assert torch.equal(age, (idx > 0).long())
+
+
+def test_ages_move_with_their_items():
+    idx, bucket, length = _batch()
+    gen = torch.Generator().manual_seed(3)
+    for kwargs in ({"truncate_prob": 1.0}, {"drop_prob": 0.5}):
+        new_idx, _, _, new_age = augment_history(
+            idx, bucket, length, BUCKETS, generator=gen, hist_age=_ages(idx), **kwargs
+        )
+        assert torch.equal(new_age, _ages(new_idx))
+
+
+def test_age_drop_hides_whole_rows():
+    idx, bucket, length = _batch()
+    gen = torch.Generator().manual_seed(4)
+    _, _, _, age = augment_history(idx, bucket, length, BUCKETS, generator=gen, hist_age=_ages(idx), age_drop_prob=1.0)
+    assert torch.equal(age, (idx > 0).long())  # every real position unknown, padding still 0
+    _, _, _, kept = augment_history(idx, bucket, length, BUCKETS, generator=gen, hist_age=_ages(idx), age_drop_prob=0.0)
+    assert torch.equal(kept, _ages(idx))
 
 
 def test_truncation_keeps_a_recent_window():
     idx, bucket, length = _batch()
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
-        new_idx, new_bucket, new_len = augment_history(idx, bucket, length, BUCKETS, truncate_prob=1.0, generator=gen)
+        new_idx, new_bucket, new_len, _ = augment_history(
+            idx, bucket, length, BUCKETS, truncate_prob=1.0, generator=gen
+        )
         _check_layout(new_idx, new_bucket, new_len)
         assert new_len[0] >= 1 and new_len[2] == 0
         # the kept items are the most recent ones, in order
@@ -39,7 +71,7 @@ def test_truncation_keeps_a_recent_window():
 def test_drop_keeps_order_and_never_empties_a_history():
     idx, bucket, length = _batch()
     gen = torch.Generator().manual_seed(1)
-    new_idx, new_bucket, new_len = augment_history(idx, bucket, length, BUCKETS, drop_prob=0.999, generator=gen)
+    new_idx, new_bucket, new_len, _ = augment_history(idx, bucket, length, BUCKETS, drop_prob=0.999, generator=gen)
     _check_layout(new_idx, new_bucket, new_len)
     assert new_len.tolist() == [1, 1, 0]
     assert new_idx[:2, 0].tolist() == [5, 8]  # the most recent item survives
@@ -51,7 +83,7 @@ def test_drop_keeps_order_and_never_empties_a_history():
 def test_replace_swaps_items_and_their_buckets_consistently():
     idx, bucket, length = _batch()
     gen = torch.Generator().manual_seed(2)
-    new_idx, new_bucket, new_len = augment_history(idx, bucket, length, BUCKETS, replace_prob=1.0, generator=gen)
+    new_idx, new_bucket, new_len, _ = augment_history(idx, bucket, length, BUCKETS, replace_prob=1.0, generator=gen)
     _check_layout(new_idx, new_bucket, new_len)
     assert torch.equal(new_len, length)
     assert not torch.equal(new_idx, idx)
