@@ -18,7 +18,7 @@ loss lives in training; the model returns logits.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from seqctr.platform.config import ModelConfig
 from seqctr.platform.features import AGE_BUCKETS
 
 PAD, UNKNOWN = 0, 1
+FROZEN_CACHE_BYTES = 1 << 30  # fine-tuning: cache the frozen BERT layers' output when it fits in this
 
 
 def clamp_item_index(idx: Tensor, num_items: int) -> Tensor:
@@ -78,6 +79,7 @@ class ItemEmbedding(nn.Module):
             self.id_embedding.weight[PAD].zero_()
         self.bert: nn.Module | None = None
         self.text_proj: nn.Linear | None = None
+        self.frozen_cache_bytes = FROZEN_CACHE_BYTES
         if not cfg.text:
             return
         self.text_proj = nn.Linear(text_dim, cfg.embed_dim)
@@ -107,6 +109,8 @@ class ItemEmbedding(nn.Module):
             raise ValueError(
                 f"model.bert_trainable_layers={trainable_layers} but the BERT model has {len(layers)} layers"
             )
+        self.trainable_layers = trainable_layers
+        self._frozen_cache: Tensor | None = None
         for p in bert.parameters():
             p.requires_grad_(False)
         for layer in layers[len(layers) - trainable_layers :]:
@@ -132,13 +136,10 @@ class ItemEmbedding(nn.Module):
             return [self.text_table[i] for i in indices]
         flat = torch.cat([i.reshape(-1) for i in indices])  # (N,)
         uniq, inverse = torch.unique(flat, return_inverse=True)  # (U,), (N,)
-        ids, mask = self.item_input_ids[uniq], self.item_attention_mask[uniq]  # (U, T)
-        run = (uniq > UNKNOWN) & (mask.sum(1) > 0)  # (U,)
+        run = (uniq > UNKNOWN) & (self.item_attention_mask[uniq].sum(1) > 0)  # (U,)
         table = torch.zeros(len(uniq), self.text_dim, device=flat.device)  # (U, Dt)
         if bool(run.any()):
-            ids, mask = ids[run], mask[run]
-            width = int(mask.sum(1).max())  # tokens are right-padded: drop all-padding columns
-            table[run] = self._bert_pool(ids[:, :width], mask[:, :width]).to(table.dtype)
+            table[run] = self._bert_pool(uniq[run]).to(table.dtype)
         vectors = table[inverse]  # (N, Dt)
         out, start = [], 0
         for i in indices:
@@ -146,9 +147,62 @@ class ItemEmbedding(nn.Module):
             start += i.numel()
         return out
 
-    def _bert_pool(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (U, T, Dt)
-        return masked_mean(hidden, attention_mask.bool())  # (U, Dt)
+    def _bert_pool(self, rows: Tensor) -> Tensor:
+        """Mean-pooled BERT output (U, Dt) of item rows: the trainable top layers over the cached output
+        of the frozen ones when the cache fits, else the whole encoder."""
+        mask = self.item_attention_mask[rows]  # (U, T)
+        width = int(mask.sum(1).max())  # tokens are right-padded: drop all-padding columns
+        mask = mask[:, :width]
+        frozen = self._frozen_hidden()
+        if frozen is None:
+            hidden = self.bert(input_ids=self.item_input_ids[rows, :width], attention_mask=mask).last_hidden_state
+        else:
+            hidden = self._top_layers(frozen[rows, :width], mask)  # (U, T, Dt)
+        return masked_mean(hidden, mask.bool())  # (U, Dt)
+
+    def _frozen_hidden(self) -> Tensor | None:
+        """Output of the frozen part of BERT (embeddings + bottom layers) for every item, computed once.
+
+        The frozen part gives the same output every step, so running it per batch (5 of MiniLM's 6
+        layers when one is trained) is wasted work. Computed without dropout, in fp32, in chunks; kept
+        out of the state dict; None (run everything per step) when it would exceed `frozen_cache_bytes`.
+        """
+        ids, mask = self.item_input_ids, self.item_attention_mask
+        width = max(int(mask.sum(1).max()), 1)
+        cached = self._frozen_cache
+        if cached is not None and cached.device == ids.device:
+            return cached
+        if ids.shape[0] * width * self.text_dim * 4 > self.frozen_cache_bytes:
+            return None
+        frozen_layers = len(self.bert.encoder.layer) - self.trainable_layers
+        was_training = self.bert.training
+        self.bert.eval()
+        chunks = []
+        with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
+            for start in range(0, ids.shape[0], 1024):
+                out = self.bert(
+                    input_ids=ids[start : start + 1024, :width],
+                    attention_mask=mask[start : start + 1024, :width],
+                    output_hidden_states=True,
+                )
+                chunks.append(out.hidden_states[frozen_layers].float())  # (chunk, T, Dt)
+        self.bert.train(was_training)
+        self._frozen_cache = torch.cat(chunks)  # (num_items, T, Dt)
+        return self._frozen_cache
+
+    def _top_layers(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        """The trainable top BERT layers over cached frozen outputs (U, T, Dt); attention masked as BertModel does."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        attention = create_bidirectional_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in self.bert.encoder.layer[len(self.bert.encoder.layer) - self.trainable_layers :]:
+            out = layer(hidden, attention)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._frozen_cache = None  # new weights: the frozen output is recomputed on first use
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, idx: Tensor, bucket: Tensor, text: Tensor | None) -> Tensor:
         vec = self.id_embedding(bucket)  # (..., D)

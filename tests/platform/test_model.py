@@ -294,19 +294,38 @@ def test_finetune_trains_only_the_top_bert_layer() -> None:
     assert "encoder.layer.1.output.dense.weight" in changed
 
 
-def test_finetune_sends_only_unique_items_through_bert() -> None:
+@pytest.mark.parametrize("cached", [True, False])
+def test_finetune_sends_only_unique_items_through_bert(cached: bool) -> None:
     model = finetune_model().eval()
+    if not cached:
+        model.items.frozen_cache_bytes = 0  # too big to cache: the whole encoder runs per step
     rows: list[int] = []
-    model.items.bert.register_forward_pre_hook(
-        lambda _m, _args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
-    )
+    model.items.bert.encoder.layer[1].register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
     batch = make_batch(B=16, L=6)
     with torch.no_grad():
         logits = model(batch)
     everything = torch.cat([batch["hist_idx"].flatten(), batch["target_idx"]])
-    assert rows == [int(torch.unique(everything[everything >= 2]).numel())]
-    assert rows[0] < int((everything >= 2).sum())  # the batch repeats items; BERT sees each once
+    unique = int(torch.unique(everything[everything >= 2]).numel())
+    # The trainable top layer sees each unique item once (with the cache, after one pass over all items).
+    assert rows == ([NUM_ITEMS, unique] if cached else [unique])
+    assert unique < int((everything >= 2).sum())  # the batch repeats items
     assert torch.isfinite(logits).all()
+
+
+def test_finetune_cache_of_the_frozen_layers_changes_no_score() -> None:
+    """Top layers over the cached frozen output == the whole encoder per step (eval: no dropout)."""
+    cached, full = finetune_model().eval(), finetune_model().eval()
+    full.items.frozen_cache_bytes = 0
+    batch = make_batch(seed=7, B=16)
+    with torch.no_grad():
+        torch.testing.assert_close(cached(batch), full(batch), atol=1e-5, rtol=0)
+        assert cached.items._frozen_cache is not None and full.items._frozen_cache is None
+        # New weights (a checkpoint restore) drop the cache, so it never serves stale frozen outputs.
+        state = {k: v + 0.01 if "encoder.layer.0." in k else v for k, v in full.state_dict().items()}
+        cached.load_state_dict(state)
+        full.load_state_dict(state)
+        assert cached.items._frozen_cache is None
+        torch.testing.assert_close(cached(batch), full(batch), atol=1e-5, rtol=0)
 
 
 def test_finetune_score_candidates_equals_forward_and_frozen_mode_has_one_group() -> None:
