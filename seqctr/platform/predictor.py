@@ -45,6 +45,10 @@ class LoadedModel:
 
 def model_from_contents(contents: CheckpointContents, device: str | torch.device = "cpu") -> CTRModel:
     cfg = contents.config
+    if cfg.model.time_features and "age_embedding.weight" not in contents.model_state:
+        # A checkpoint from before click ages (its config.json has no `time_features` key): no age input.
+        cfg = cfg.with_overrides({"model.time_features": False})
+        contents.config = cfg
     index_rows = len(ItemIndex.from_json(contents.item_index_json))
     table = next(iter(contents.text_tables.values()), None)
     bert, tokens = None, None

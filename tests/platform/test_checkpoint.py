@@ -88,3 +88,19 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path):
     assert (path / "manifest.json").read_text() == before
     verify_checkpoint(path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_checkpoint_from_before_click_ages_loads_without_them(tmp_path):
+    """A model saved before `model.time_features` existed has no age embedding: it loads as such."""
+    from seqctr.platform.features import ItemIndex
+    from seqctr.platform.model import build_model
+    from seqctr.platform.predictor import load_model
+
+    cfg = ExperimentConfig().with_overrides({"model.text": False, "model.id_buckets": 64})
+    index = ItemIndex.from_ids(["a", "b"])
+    old = build_model(cfg.model.model_copy(update={"time_features": False}), len(index), None)
+    path = save_checkpoint(tmp_path / "old", model=old, config=cfg, item_index_json=index.to_json(), metrics={})
+    loaded = load_model(path)
+    assert loaded.model.age_embedding is None and loaded.config.model.time_features is False
+    for key, tensor in old.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], tensor)
