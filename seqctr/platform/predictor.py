@@ -55,13 +55,17 @@ def model_from_contents(contents: CheckpointContents, device: str | torch.device
     if cfg.model.text and cfg.model.bert_trainable_layers > 0:
         from transformers import BertConfig, BertModel
 
-        bert = BertModel(BertConfig.from_dict(contents.extra_json[BERT_CONFIG_FILE]), add_pooling_layer=False)
+        pooler = any(".bert.pooler." in key for key in contents.model_state)  # as the trained model had it
+        bert = BertModel(BertConfig.from_dict(contents.extra_json[BERT_CONFIG_FILE]), add_pooling_layer=pooler)
         by_suffix = {k.rsplit(".", 1)[-1]: v for k, v in contents.model_state.items()}
         tokens = (by_suffix["item_input_ids"], by_suffix["item_attention_mask"])
+    text_dim = int(table.shape[1]) if table is not None else 0
+    if bert is not None:
+        text_dim = bert.config.hidden_size  # fine-tuned: texts go through BERT, there is no table
     model = CTRModel(
         cfg.model,
         num_items=index_rows,
-        text_dim=int(table.shape[1]) if table is not None else 0,
+        text_dim=text_dim,
         text_table=table,
         bert=bert,
         item_tokens=tokens,

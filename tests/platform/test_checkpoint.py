@@ -104,3 +104,39 @@ def test_checkpoint_from_before_click_ages_loads_without_them(tmp_path):
     assert loaded.model.age_embedding is None and loaded.config.model.time_features is False
     for key, tensor in old.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], tensor)
+
+
+def test_fine_tuned_checkpoint_loads_and_predicts_the_same(tmp_path):
+    """Fine-tune mode keeps no text table (texts go through BERT): the checkpoint still rebuilds."""
+    from transformers import BertConfig, BertModel
+
+    from seqctr.platform.features import ItemIndex
+    from seqctr.platform.model import build_model
+    from seqctr.platform.predictor import BERT_CONFIG_FILE, load_model
+
+    cfg = ExperimentConfig().with_overrides({"model.bert_trainable_layers": 1, "model.id_buckets": 64})
+    index = ItemIndex.from_ids(["a", "b", "c"])
+    torch.manual_seed(0)
+    bert = BertModel(
+        BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16)
+    )
+    ids = torch.randint(1, 50, (len(index), 4)) * (torch.arange(len(index)) >= 2)[:, None]
+    model = build_model(cfg.model, len(index), None, bert=bert, item_tokens=(ids, (ids > 0).long())).eval()
+    path = save_checkpoint(
+        tmp_path / "ft",
+        model=model,
+        config=cfg,
+        item_index_json=index.to_json(),
+        metrics={},
+        extra_json={BERT_CONFIG_FILE: bert.config.to_dict()},
+    )
+    loaded = load_model(path)
+    batch = {
+        "hist_idx": torch.tensor([[2, 3], [4, 0]]),
+        "hist_bucket": torch.tensor([[5, 6], [7, 0]]),
+        "hist_len": torch.tensor([2, 1]),
+        "target_idx": torch.tensor([4, 2]),
+        "target_bucket": torch.tensor([7, 5]),
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(batch), model(batch), atol=1e-6, rtol=0)
