@@ -74,12 +74,24 @@ class RetryPolicy:
 
 
 def _body(
-    request_type: type[ScoreRequest], history: Sequence[str | int], candidates: Sequence[Candidate], **fields: Any
+    history: Sequence[str | int],
+    candidates: Sequence[Candidate],
+    k: int | None,
+    history_timestamps: Sequence[int] | None,
+    timestamp: int | None,
+    user_id: str | None,
+    explain: bool,
 ) -> dict[str, Any]:
-    """The request checked locally (the same pydantic model as the server), as a JSON-ready dict."""
-    if fields.get("history_timestamps") is not None:
-        fields["history_timestamps"] = list(fields["history_timestamps"])
-    request = request_type(history=list(history), candidates=list(candidates), **fields)
+    """A score request (a rank request with `k`), checked locally by the server's own pydantic model."""
+    fields = {
+        "history": list(history),
+        "candidates": list(candidates),
+        "history_timestamps": None if history_timestamps is None else list(history_timestamps),
+        "timestamp": timestamp,
+        "user_id": user_id,
+        "explain": explain,
+    }
+    request = ScoreRequest(**fields) if k is None else RankRequest(**fields, k=k)
     return request.model_dump(exclude_none=True)
 
 
@@ -142,15 +154,7 @@ class CTRClient:
     ) -> ScoreResponse:
         """Click probabilities of `candidates` (ids, or {"item_id", "text"} for new items), in order.
         `history_timestamps` (unix seconds per click) let the model tell this session's clicks apart."""
-        body = _body(
-            ScoreRequest,
-            history,
-            candidates,
-            history_timestamps=history_timestamps,
-            timestamp=timestamp,
-            user_id=user_id,
-            explain=explain,
-        )
+        body = _body(history, candidates, None, history_timestamps, timestamp, user_id, explain)
         return self._request("POST", "/v1/score", ScoreResponse, body)
 
     def rank(
@@ -165,16 +169,7 @@ class CTRClient:
         explain: bool = False,
     ) -> RankResponse:
         """The k best candidates, best first."""
-        body = _body(
-            RankRequest,
-            history,
-            candidates,
-            k=k,
-            history_timestamps=history_timestamps,
-            timestamp=timestamp,
-            user_id=user_id,
-            explain=explain,
-        )
+        body = _body(history, candidates, k, history_timestamps, timestamp, user_id, explain)
         return self._request("POST", "/v1/rank", RankResponse, body)
 
     def model_info(self) -> ModelInfo:
@@ -235,15 +230,7 @@ class AsyncCTRClient:
         explain: bool = False,
     ) -> ScoreResponse:
         """Click probabilities of `candidates`, in order (see CTRClient.score)."""
-        body = _body(
-            ScoreRequest,
-            history,
-            candidates,
-            history_timestamps=history_timestamps,
-            timestamp=timestamp,
-            user_id=user_id,
-            explain=explain,
-        )
+        body = _body(history, candidates, None, history_timestamps, timestamp, user_id, explain)
         return await self._request("POST", "/v1/score", ScoreResponse, body)
 
     async def rank(
@@ -258,16 +245,7 @@ class AsyncCTRClient:
         explain: bool = False,
     ) -> RankResponse:
         """The k best candidates, best first."""
-        body = _body(
-            RankRequest,
-            history,
-            candidates,
-            k=k,
-            history_timestamps=history_timestamps,
-            timestamp=timestamp,
-            user_id=user_id,
-            explain=explain,
-        )
+        body = _body(history, candidates, k, history_timestamps, timestamp, user_id, explain)
         return await self._request("POST", "/v1/rank", RankResponse, body)
 
     async def model_info(self) -> ModelInfo:

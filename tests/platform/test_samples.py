@@ -39,6 +39,7 @@ HAND_LOG = [
     ("B", "x0", 1, 0),
     ("C", "c3", 9, 0),
 ]
+SAMPLE_COLUMNS = ["user_id", "timestamp", "history", "history_ts", "target", "label"]
 EXPECTED = {  # (user, item) -> history with max_seq_len = 10
     ("A", "i1"): [],
     ("A", "i2"): ["i1"],
@@ -93,7 +94,7 @@ def test_hand_written_log_exact_histories():
         for u, i, h in zip(*(out.column(c).to_pylist() for c in ("user_id", "target", "history")), strict=True)
     }
     assert got == EXPECTED
-    assert out.column_names == ["user_id", "timestamp", "history", "history_ts", "target", "label"]
+    assert out.column_names == SAMPLE_COLUMNS
     assert out.schema.field("history").type == pa.list_(pa.string())
     # history_ts: the click time of each history item, strictly before the event.
     when = {(u, i): t for u, i, t, _ in HAND_LOG}
@@ -122,14 +123,7 @@ def test_p_true_travels_with_its_row():
 
 def test_empty_input():
     out = samples_from_events(_table([]), max_seq_len=3)
-    assert out.num_rows == 0 and out.column_names == [
-        "user_id",
-        "timestamp",
-        "history",
-        "history_ts",
-        "target",
-        "label",
-    ]
+    assert out.num_rows == 0 and out.column_names == SAMPLE_COLUMNS
 
 
 events_strategy = st.lists(
@@ -260,18 +254,8 @@ def test_ray_build_and_write_end_to_end(ray_session, tmp_path):
     assert (out / "_SUCCESS").exists() and not list(tmp_path.glob(".samples*"))
 
     splits = {s: pq.read_table(out / s) for s in ("train", "val", "test")}
-    assert _rows(
-        pa.concat_tables(splits.values()).select(["user_id", "timestamp", "history", "history_ts", "target", "label"])
-    ) == _brute_force(log, 5)
-    assert splits["train"].column_names == [
-        "user_id",
-        "timestamp",
-        "history",
-        "history_ts",
-        "target",
-        "label",
-        "p_true",
-    ]
+    assert _rows(pa.concat_tables(splits.values()).select(SAMPLE_COLUMNS)) == _brute_force(log, 5)
+    assert splits["train"].column_names == [*SAMPLE_COLUMNS, "p_true"]
     t_val, t_test = report["boundaries"]["val_from"], report["boundaries"]["test_from"]
     ts = {s: np.asarray(t.column("timestamp")) for s, t in splits.items()}
     assert ts["train"].max() < t_val <= ts["val"].min() and ts["val"].max() < t_test <= ts["test"].min()
