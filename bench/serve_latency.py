@@ -73,9 +73,7 @@ def trained_checkpoint(root: Path, epochs: int, max_seq_len: int) -> tuple[Path,
     from seqctr.platform.samples import samples_from_events
 
     cfg = load_config(None, [f"data.max_seq_len={max_seq_len}"])
-    report = generate_synthetic_log(
-        root / "data", SyntheticConfig(users=500, items=600, events=20_000, seed=3)
-    )
+    report = generate_synthetic_log(root / "data", SyntheticConfig(users=500, items=600, events=20_000, seed=3))
     events = pq.read_table(report["events_path"], columns=["user_id", "item_id", "timestamp", "label"])
     samples = samples_from_events(events, max_seq_len).sort_by("timestamp")
     n = samples.num_rows
@@ -88,9 +86,7 @@ def trained_checkpoint(root: Path, epochs: int, max_seq_len: int) -> tuple[Path,
     pq.write_table(test, root / "samples" / "test" / "part-0.parquet")
     items = pq.read_table(report["items_path"])
     index = ItemIndex(items.column("item_id").to_pylist())
-    vectors = TextEncoder("packaged", max_length=cfg.embed.max_length).encode(
-        items.column("text").to_pylist()
-    )
+    vectors = TextEncoder("packaged", max_length=cfg.embed.max_length).encode(items.column("text").to_pylist())
     table = np.zeros((len(index), vectors.shape[1]), np.float32)
     table[index.lookup(items.column("item_id"))] = vectors
     torch.manual_seed(0)
@@ -121,9 +117,7 @@ def trained_checkpoint(root: Path, epochs: int, max_seq_len: int) -> tuple[Path,
             f"[bench] trained epoch {epoch}: val AUC {auc(val_arrays['label'], logits.numpy()):.4f}",
             flush=True,
         )
-    path = save_checkpoint(
-        root / "checkpoint", model=model, config=cfg, item_index_json=index.to_json(), metrics={}
-    )
+    path = save_checkpoint(root / "checkpoint", model=model, config=cfg, item_index_json=index.to_json(), metrics={})
     return path, root / "samples"
 
 
@@ -134,13 +128,17 @@ def generate_synthetic_log(out: Path, syn: Any) -> dict[str, Any]:
 
 
 def request_bodies(item_ids: list[str], n: int, history: int, candidates: int, seed: int = 0) -> list[dict]:
-    """Random requests with click timestamps (a click every 1-600 s before the request)."""
+    """Random requests whose clicks carry timestamps (a click every 1-600 s before the request)."""
     rng = np.random.default_rng(seed)
     now = 1_717_000_000
+
+    def clicks() -> list[dict[str, Any]]:
+        stamps = now - np.cumsum(rng.integers(1, 600, history))[::-1]
+        return [{"item_id": i, "timestamp": int(t)} for i, t in zip(rng.choice(item_ids, history), stamps, strict=True)]
+
     return [
         {
-            "history": rng.choice(item_ids, history).tolist(),
-            "history_timestamps": (now - np.cumsum(rng.integers(1, 600, history))[::-1]).tolist(),
+            "history": clicks(),
             "timestamp": now,
             "candidates": rng.choice(item_ids, candidates, replace=False).tolist(),
         }
@@ -214,9 +212,7 @@ async def _load(url: str, bodies: list[dict], concurrency: int, headers: dict) -
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
     if errors == len(latencies):
-        raise RuntimeError(
-            f"{url}: {errors} of {len(latencies)} requests failed at concurrency {concurrency}"
-        )
+        raise RuntimeError(f"{url}: {errors} of {len(latencies)} requests failed at concurrency {concurrency}")
     ms = np.array(latencies) * 1000
     return {
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
@@ -261,6 +257,7 @@ def int8_cost(checkpoint: Path, samples: str | None, bodies: list[dict]) -> dict
     from seqctr.platform.metrics import auc
     from seqctr.platform.predictor import load_model
     from seqctr.serving.deployments import ServingModel, prepare_job, quantize_int8, score_jobs
+    from seqctr.serving.schemas import ScoreRequest
 
     torch.set_num_threads(1)
     fp32 = load_model(checkpoint)
@@ -269,7 +266,7 @@ def int8_cost(checkpoint: Path, samples: str | None, bodies: list[dict]) -> dict
     out: dict[str, Any] = {}
     for name, loaded in (("fp32", fp32), ("int8", int8)):
         model = ServingModel(loaded, "", "", "", name, name)
-        jobs = [prepare_job(model, b) for b in bodies[:200]]
+        jobs = [prepare_job(model, ScoreRequest.model_validate(b).payload()) for b in bodies[:200]]
         score_jobs(loaded.model, jobs[:5])
         start = time.perf_counter()
         for job in jobs:
@@ -363,18 +360,14 @@ def main() -> None:
     print(f"{'setup':<15}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}")
     for setup in ("bare", "serve", "serve-nobatch", "serve-int8"):
         for c, row in results[setup].items():
-            print(
-                f"{setup:<15}{c:>5}{row['p50_ms']:>9}{row['p99_ms']:>9}{row['req_per_s']:>8}{row['errors']:>8}"
-            )
+            print(f"{setup:<15}{c:>5}{row['p50_ms']:>9}{row['p99_ms']:>9}{row['req_per_s']:>8}{row['errors']:>8}")
     ratio = results["serve"][8]["req_per_s"] / results["bare"][8]["req_per_s"]
     batching = results["serve"][32]["req_per_s"] / results["serve-nobatch"][32]["req_per_s"]
     results["ratios"] = {
         "serve_over_bare_c8": round(ratio, 3),
         "batching_on_over_off_c32": round(batching, 3),
     }
-    print(
-        f"serve/bare throughput at c=8: {ratio:.2f}x (bar >= 0.6); p99 at c=8: {results['serve'][8]['p99_ms']} ms"
-    )
+    print(f"serve/bare throughput at c=8: {ratio:.2f}x (bar >= 0.6); p99 at c=8: {results['serve'][8]['p99_ms']} ms")
     print(f"batching on/off throughput at c=32: {batching:.2f}x")
     print("int8 vs fp32:", json.dumps(results["int8_vs_fp32"]))
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)

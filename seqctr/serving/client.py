@@ -82,11 +82,17 @@ def _body(
     user_id: str | None,
     explain: bool,
 ) -> dict[str, Any]:
-    """A score request (a rank request with `k`), checked locally by the server's own pydantic model."""
+    """A score request (a rank request with `k`), checked locally by the server's own pydantic model.
+    `history_timestamps` (one per history item) turns the history into {item_id, timestamp} clicks."""
+    clicks: list[Any] = list(history)
+    if history_timestamps is not None:
+        stamps = list(history_timestamps)
+        if len(stamps) != len(clicks):
+            raise ValueError(f"history_timestamps: {len(stamps)} timestamps for {len(clicks)} history items")
+        clicks = [{"item_id": item, "timestamp": ts} for item, ts in zip(clicks, stamps, strict=True)]
     fields = {
-        "history": list(history),
+        "history": clicks,
         "candidates": list(candidates),
-        "history_timestamps": None if history_timestamps is None else list(history_timestamps),
         "timestamp": timestamp,
         "user_id": user_id,
         "explain": explain,

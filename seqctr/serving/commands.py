@@ -291,6 +291,8 @@ def score_command(
     except ValidationError as err:
         first = err.errors()[0]
         raise _fail(f"--candidates/--history/--history-timestamps: {first['loc']}: {first['msg']}") from None
+    except ValueError as err:  # e.g. a timestamp count that differs from --history's
+        raise _fail(f"--history-timestamps: {err}") from None
     except (CTRClientError, httpx.HTTPError) as err:
         raise _fail(str(err)) from None
     typer.echo(out.model_dump_json(indent=2, exclude_none=True))

@@ -216,14 +216,18 @@ def encode_ids(ids: list[str], index: ItemIndex, num_buckets: int) -> tuple[np.n
 
 def click_ages(payload: dict[str, Any], kept: int) -> np.ndarray:
     """Age buckets of the last `kept` history clicks at the request's time (the server's clock when the
-    request has none), as training computes them; unknown (1) when the request has no timestamps."""
+    request has none), as training computes them; unknown (1) for a click without a timestamp."""
+    ages = np.full(kept, UNKNOWN, dtype=np.int64)
     stamps = payload.get("history_timestamps")
-    if stamps is None:
-        return np.full(kept, UNKNOWN, dtype=np.int64)
+    if stamps is None or kept == 0:
+        return ages
     now = payload.get("timestamp")
     now = int(time.time()) if now is None else int(now)
-    recent = np.asarray(stamps[len(stamps) - kept :], dtype=np.int64)
-    return age_buckets(now - recent)
+    recent = stamps[len(stamps) - kept :]
+    known = np.array([s is not None for s in recent])
+    if known.any():
+        ages[known] = age_buckets(now - np.array([s for s in recent if s is not None], dtype=np.int64))
+    return ages
 
 
 def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:

@@ -4,7 +4,7 @@ Pydantic does the checking, so every bad request is a 422 whose `loc` names the 
 standard error shape). Limits that depend on the config (`serve.max_candidates`) are checked by the
 ingress with `candidates_error`, which returns an error of the same shape.
 
-    {"user_id": "u1", "history": ["i3", 17], "history_timestamps": [1717000000, 1717000042],
+    {"user_id": "u1", "history": ["i3", {"item_id": 17, "timestamp": 1717000042}],
      "candidates": ["i9", {"item_id": "new", "text": "red shoes"}]}
 
 Item ids may be strings or integers; both are compared as strings, as in the training data.
@@ -24,8 +24,6 @@ from pydantic import (
     StrictInt,
     StrictStr,
     StringConstraints,
-    ValidationInfo,
-    field_validator,
 )
 
 
@@ -72,8 +70,18 @@ class _Strict(BaseModel):
 
 
 MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, as the training data's timestamp check
-UnixSeconds = Annotated[Integer, Field(ge=0, le=MAX_UNIX_SECONDS)]
+# The bounds go before the BeforeValidator: after it, pydantic writes them into the OpenAPI schema as
+# "ge"/"le" (not JSON Schema) instead of "minimum"/"maximum", and clients and fuzzers miss them.
+UnixSeconds = Annotated[StrictInt, Field(ge=0, le=MAX_UNIX_SECONDS), BeforeValidator(_whole_number)]
 """Unix time in whole seconds (a millisecond value is out of range, so it is refused, not misread)."""
+
+
+class HistoryClick(_Strict):
+    """A clicked item with the time of the click: the model reads the click's age at the request (a click
+    seconds old belongs to the current session and says most about what the user wants now)."""
+
+    item_id: ItemId = Field(description="Item id (string or integer).")
+    timestamp: UnixSeconds = Field(description="Unix seconds of the click.")
 
 
 class CandidateItem(_Strict):
@@ -87,14 +95,10 @@ class ScoreRequest(_Strict):
     """One user's history and the candidates to score for them."""
 
     user_id: Text | None = Field(None, description="Caller's user id (echoed in logs, not used by the model).")
-    history: list[ItemId] = Field(
-        description="Items the user clicked, oldest first; longer than max_seq_len = cut to the most recent."
-    )
-    history_timestamps: list[UnixSeconds] | None = Field(
-        None,
-        description="Unix seconds of each history click (same length as history). The model reads each "
-        "click's age: clicks of the current session reveal what the user wants now. Without them ages "
-        "are unknown and scores are less sharp.",
+    history: list[ItemId | HistoryClick] = Field(
+        description="Items the user clicked, oldest first: ids, or {item_id, timestamp} so the model reads "
+        "each click's age (an id alone = age unknown, scores less sharp). Longer than max_seq_len = cut to "
+        "the most recent."
     )
     timestamp: UnixSeconds | None = Field(
         None, description="Unix seconds of the request, for click ages (default: the server's clock)."
@@ -105,13 +109,10 @@ class ScoreRequest(_Strict):
     # Strict, as the schema says: `"explain": 0` or `"k": "3"` are 422s, not silently coerced.
     explain: StrictBool = Field(False, description="Return each history item's attention weight per candidate.")
 
-    @field_validator("history_timestamps")
-    @classmethod
-    def _one_per_click(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
-        history = info.data.get("history")
-        if value is not None and history is not None and len(value) != len(history):
-            raise ValueError(f"needs one timestamp per history item: {len(value)} for {len(history)} items")
-        return value
+    def history_timestamps(self) -> list[int | None] | None:
+        """Each click's time (None where the item came as a bare id); None when no click has one."""
+        stamps = [h.timestamp if isinstance(h, HistoryClick) else None for h in self.history]
+        return stamps if any(s is not None for s in stamps) else None
 
     def candidate_items(self) -> list[CandidateItem]:
         """Every candidate as a CandidateItem (a bare id has no text)."""
@@ -122,8 +123,8 @@ class ScoreRequest(_Strict):
         items = self.candidate_items()
         return {
             "user_id": self.user_id,
-            "history": list(self.history),
-            "history_timestamps": self.history_timestamps,
+            "history": [h.item_id if isinstance(h, HistoryClick) else h for h in self.history],
+            "history_timestamps": self.history_timestamps(),
             "timestamp": self.timestamp,
             "candidates": [c.item_id for c in items],
             "texts": [c.text for c in items],

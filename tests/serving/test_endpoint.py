@@ -97,9 +97,7 @@ def test_integer_ids_are_the_same_items_as_strings(client, checkpoints):
     as_ints = client.score([3, 4], [5, 6])
     as_strs = client.score(["3", "4"], ["5", "6"])
     assert as_ints.scores == as_strs.scores
-    np.testing.assert_allclose(
-        as_ints.scores, offline_scores(checkpoints["a"], ["3", "4"], ["5", "6"]), atol=1e-5
-    )
+    np.testing.assert_allclose(as_ints.scores, offline_scores(checkpoints["a"], ["3", "4"], ["5", "6"]), atol=1e-5)
 
 
 def test_rank_is_the_sorted_order(client):
@@ -118,9 +116,7 @@ def test_cold_start_item_scores_by_its_text_embedding(client, checkpoints):
 
     loaded = load_model(checkpoints["a"])
     cfg = loaded.config
-    vector = TextEncoder(cfg.embed.model, max_length=cfg.embed.max_length, pooling=cfg.embed.pooling).encode(
-        [text]
-    )
+    vector = TextEncoder(cfg.embed.model, max_length=cfg.embed.max_length, pooling=cfg.embed.pooling).encode([text])
     hist = HISTORY[-cfg.data.max_seq_len :]
     hist_idx = torch.tensor(loaded.index.lookup(hist))[None]
     hist_bucket = torch.as_tensor(loaded.index.buckets(cfg.model.id_buckets))[hist_idx]
@@ -162,8 +158,8 @@ def test_explain_returns_attention_per_history_item(client):
         ({"history": [], "candidates": ["i1"], "explain": "maybe"}, ["body", "explain"]),
         ({"history": [], "candidates": ["i1"] * 51}, ["body", "candidates"]),
         ({"history": [], "candidates": ["i1"], "candidate": ["i2"]}, ["body", "candidate"]),
-        ({"history": ["i1", "i2"], "history_timestamps": [5], "candidates": ["i1"]}, ["body", "history_timestamps"]),
-        ({"history": ["i1"], "history_timestamps": [-1], "candidates": ["i1"]}, ["body", "history_timestamps", 0]),
+        ({"history": [{"item_id": "i1"}], "candidates": ["i1"]}, ["body", "history", 0]),
+        ({"history": [{"item_id": "i1", "timestamp": -1}], "candidates": ["i1"]}, ["body", "history", 0]),
         ({"history": [], "timestamp": 1_717_000_000_000, "candidates": ["i1"]}, ["body", "timestamp"]),
     ],
 )

@@ -54,9 +54,7 @@ def test_scores_equal_the_offline_predictor(checkpoints):
     scorer = make_scorer(checkpoints["a"])
     for history in (HISTORY, HISTORY[:3], [], ["nobody-knows", "i2"]):
         out = run(scorer.score({"history": history, "candidates": CANDIDATES}))
-        np.testing.assert_allclose(
-            out["scores"], offline_scores(checkpoints["a"], history, CANDIDATES), atol=1e-5
-        )
+        np.testing.assert_allclose(out["scores"], offline_scores(checkpoints["a"], history, CANDIDATES), atol=1e-5)
     assert [i["source"] for i in out["items"]] == ["known", "known", "hashed", "known"]
 
 
@@ -66,7 +64,8 @@ def test_click_timestamps_score_as_the_offline_predictor(checkpoints):
     now = 1_717_000_000
     stamps = [now - 86_400 * (14 - k) for k in range(14)]  # one click a day; the last one a day old
     stamps[-2:] = [now - 30, now - 5]  # ... but the two most recent are from this session
-    body = {"history": HISTORY, "history_timestamps": stamps, "timestamp": now, "candidates": CANDIDATES}
+    clicks = [{"item_id": item, "timestamp": ts} for item, ts in zip(HISTORY, stamps, strict=True)]
+    body = ScoreRequest(history=clicks, timestamp=now, candidates=CANDIDATES).payload()
     timed = run(scorer.score(body))["scores"]
     expected = offline_scores(checkpoints["a"], HISTORY, CANDIDATES, stamps, now)
     np.testing.assert_allclose(timed, expected, atol=1e-5)
@@ -74,6 +73,9 @@ def test_click_timestamps_score_as_the_offline_predictor(checkpoints):
     assert not np.allclose(timed, blind, atol=1e-4)  # the ages matter
     job = prepare_job(scorer._current, {**body, "timestamp": None})  # no request time: the server's clock
     assert job.hist_age.tolist()[-1] > 2 and len(job.hist_age) == 10
+    # Only some clicks timed: the others' ages are unknown (1), the timed ones as before.
+    mixed = ScoreRequest(history=[*HISTORY[:-1], clicks[-1]], timestamp=now, candidates=CANDIDATES).payload()
+    assert prepare_job(scorer._current, mixed).hist_age.tolist() == [1] * 9 + [4]  # 5 s: 2 + floor(log2(6))
 
 
 def test_one_batch_of_many_requests_equals_each_alone(checkpoints):
@@ -112,10 +114,7 @@ def test_failed_reload_keeps_the_old_model(checkpoints):
     run(scorer.reconfigure({"model": "/nowhere/broken"}))
     info = scorer.info()
     assert info["checkpoint"] == str(checkpoints["a"])
-    assert (
-        info["last_reload"]["ok"] is False
-        and "missing file model.safetensors" in info["last_reload"]["error"]
-    )
+    assert info["last_reload"]["ok"] is False and "missing file model.safetensors" in info["last_reload"]["error"]
     assert run(scorer.score({"history": HISTORY, "candidates": CANDIDATES}))["scores"] == before["scores"]
     run(scorer.reconfigure({"model": str(checkpoints["b"])}))
     assert scorer.info()["checkpoint"] == str(checkpoints["b"]) and scorer.info()["last_reload"]["ok"] is True
@@ -125,9 +124,7 @@ def test_new_replica_falls_back_when_its_model_fails(checkpoints):
     cfg = tiny_serving_config()
     scorer = Scorer(cfg.to_dict(), torch_threads=0)
     run(scorer.reconfigure({"model": "/nowhere/broken", "fallback": str(checkpoints["a"])}))
-    assert (
-        scorer.info()["checkpoint"] == str(checkpoints["a"]) and scorer.info()["last_reload"]["ok"] is False
-    )
+    assert scorer.info()["checkpoint"] == str(checkpoints["a"]) and scorer.info()["last_reload"]["ok"] is False
     with pytest.raises(RuntimeError, match="no model to serve.*nowhere"):
         run(Scorer(cfg.to_dict(), torch_threads=0).reconfigure({"model": "/nowhere/broken"}))
     with pytest.raises(RuntimeError, match="no model loaded"):
@@ -200,8 +197,8 @@ def test_schemas_coerce_ids_and_name_bad_fields():
         ({"history": [True], "candidates": ["a"]}, ("history", 0)),
         ({"history": [], "candidates": [""]}, ("candidates", 0)),
         ({"history": [], "candidates": ["a"], "extra": 1}, ("extra",)),
-        ({"history": ["a"], "history_timestamps": [1, 2], "candidates": ["a"]}, ("history_timestamps",)),
-        ({"history": ["a"], "history_timestamps": ["1"], "candidates": ["a"]}, ("history_timestamps", 0)),
+        ({"history": [{"item_id": "a"}], "candidates": ["a"]}, ("history", 0)),
+        ({"history": [{"item_id": "a", "timestamp": "1"}], "candidates": ["a"]}, ("history", 0)),
     ):
         with pytest.raises(ValidationError) as err:
             ScoreRequest.model_validate(body)
@@ -226,9 +223,7 @@ def test_client_retries_connection_errors_and_503():
             raise httpx.ConnectError("refused", request=request)
         return httpx.Response(answer, json=ok if answer == 200 else {"detail": "busy"})
 
-    with CTRClient(
-        "http://x", api_key="k", retries=2, backoff_s=0, transport=httpx.MockTransport(handler)
-    ) as c:
+    with CTRClient("http://x", api_key="k", retries=2, backoff_s=0, transport=httpx.MockTransport(handler)) as c:
         assert c.score(["h"], ["a"]).scores == [0.5]
 
     def unprocessable(request: httpx.Request) -> httpx.Response:
