@@ -112,20 +112,15 @@ def _serve_and_score(cfg: ExperimentConfig, samples_dir: str) -> dict[str, Any]:
     sample = max(row, key=lambda r: len(r["history"]))
     candidates = list(dict.fromkeys([sample["target"]] + [r["target"] for r in row]))[:10]
     client = CTRClient(url)
+    clicks = [{"item_id": i, "timestamp": t} for i, t in zip(sample["history"], sample["history_ts"], strict=True)]
     request = {
         "user_id": sample["user_id"],
-        "history": sample["history"],
-        "history_timestamps": sample["history_ts"],
+        "history": clicks,
         "timestamp": sample["timestamp"],
         "candidates": candidates,
     }
     response = client.rank(
-        sample["history"],
-        candidates,
-        k=5,
-        history_timestamps=sample["history_ts"],
-        timestamp=sample["timestamp"],
-        user_id=sample["user_id"],
+        clicks, candidates, k=5, timestamp=sample["timestamp"], user_id=sample["user_id"]
     ).model_dump()
     return {"url": url, "request": request, "response": response}
 

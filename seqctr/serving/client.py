@@ -74,7 +74,7 @@ class RetryPolicy:
 
 
 def _body(
-    history: Sequence[str | int],
+    history: Sequence[str | int | dict[str, Any]],
     candidates: Sequence[Candidate],
     k: int | None,
     history_timestamps: Sequence[int] | None,
@@ -150,7 +150,7 @@ class CTRClient:
 
     def score(
         self,
-        history: Sequence[str | int],
+        history: Sequence[str | int | dict[str, Any]],
         candidates: Sequence[Candidate],
         *,
         history_timestamps: Sequence[int] | None = None,
@@ -165,7 +165,7 @@ class CTRClient:
 
     def rank(
         self,
-        history: Sequence[str | int],
+        history: Sequence[str | int | dict[str, Any]],
         candidates: Sequence[Candidate],
         k: int = 10,
         *,
@@ -227,7 +227,7 @@ class AsyncCTRClient:
 
     async def score(
         self,
-        history: Sequence[str | int],
+        history: Sequence[str | int | dict[str, Any]],
         candidates: Sequence[Candidate],
         *,
         history_timestamps: Sequence[int] | None = None,
@@ -241,7 +241,7 @@ class AsyncCTRClient:
 
     async def rank(
         self,
-        history: Sequence[str | int],
+        history: Sequence[str | int | dict[str, Any]],
         candidates: Sequence[Candidate],
         k: int = 10,
         *,
