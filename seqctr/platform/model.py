@@ -168,10 +168,10 @@ class ItemEmbedding(nn.Module):
         out of the state dict; None (run everything per step) when it would exceed `frozen_cache_bytes`.
         """
         ids, mask = self.item_input_ids, self.item_attention_mask
-        width = max(int(mask.sum(1).max()), 1)
         cached = self._frozen_cache
         if cached is not None and cached.device == ids.device:
-            return cached
+            return cached  # the per-step path: nothing else is computed here
+        width = max(int(mask.sum(1).max()), 1)
         if ids.shape[0] * width * self.text_dim * 4 > self.frozen_cache_bytes:
             return None
         frozen_layers = len(self.bert.encoder.layer) - self.trainable_layers
