@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/build_speed.py --events 1000000
 
-Writes a synthetic log (seqctr.platform.synthetic when available, else a plain numpy random log),
+Writes a synthetic log (seqctr.platform.data.synthetic when available, else a plain numpy random log),
 runs the full Ray Data pipeline (validate, scan, shuffle by user, histories, time split, Parquet
 write, item index), then the same work in one process with pyarrow + numpy only (read the whole log
 into memory, `samples_from_events`, one Parquet file per split). Prints both rates and their ratio.
@@ -31,7 +31,7 @@ def write_log(out: Path, events: int, users: int, items: int, seed: int) -> str:
     """The events folder of a synthetic log: the project's generator if present, else numpy."""
     try:
         from seqctr.platform.config import SyntheticConfig
-        from seqctr.platform.synthetic import generate_synthetic
+        from seqctr.platform.data.synthetic import generate_synthetic
 
         cfg = SyntheticConfig(users=users, items=items, events=events, seed=seed, chunk_events=250_000)
         return str(generate_synthetic(cfg, out)["events_path"])
@@ -57,7 +57,7 @@ def write_log(out: Path, events: int, users: int, items: int, seed: int) -> str:
 
 def bare_baseline(events_path: str, out: Path, max_seq_len: int, train: float, val: float) -> dict:
     """The same samples and split, in one process, whole log in memory."""
-    from seqctr.platform.samples import boundaries_from_sketch, normalise_events, samples_from_events
+    from seqctr.platform.data.samples import boundaries_from_sketch, normalise_events, samples_from_events
 
     start = time.perf_counter()
     table = normalise_events(pq.read_table(events_path, columns=["user_id", "item_id", "timestamp", "label"]))
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
 
-    from seqctr.platform.samples import build_and_write
+    from seqctr.platform.data.samples import build_and_write
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="seqctr-bench-"))
     t0 = time.perf_counter()

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from seqctr.platform.config import EmbedConfig  # noqa: E402
-from seqctr.platform.embeddings import TextEncoder, embed_items  # noqa: E402
+from seqctr.platform.data.embeddings import TextEncoder, embed_items  # noqa: E402
 
 ADJECTIVES = ["red", "wireless", "organic", "vintage", "compact", "premium", "waterproof", "classic", "smart"]
 NOUNS = ["running shoes", "headphones", "coffee beans", "leather wallet", "camping tent", "desk lamp",

@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from seqctr.platform.config import ModelConfig  # noqa: E402
-from seqctr.platform.embeddings import load_bert, tokenize_texts  # noqa: E402
-from seqctr.platform.model import CTRModel  # noqa: E402
-from seqctr.platform.synthetic import GENERIC_WORDS, category_vocabulary  # noqa: E402
+from seqctr.platform.data.embeddings import load_bert, tokenize_texts  # noqa: E402
+from seqctr.platform.data.synthetic import GENERIC_WORDS, category_vocabulary  # noqa: E402
+from seqctr.platform.model.ctr import CTRModel  # noqa: E402
 
 
 def item_titles(n: int, seed: int = 0) -> list[str]:

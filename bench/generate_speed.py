@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqctr.platform.config import SyntheticConfig
-from seqctr.platform.synthetic import generate_synthetic, observable_baseline, oracle_auc
+from seqctr.platform.data.synthetic import generate_synthetic, observable_baseline, oracle_auc
 
 
 def bare_write_events_per_s(n_rows: int, chunk: int, out: Path) -> float:

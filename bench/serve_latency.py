@@ -43,10 +43,10 @@ def synthetic_checkpoint(path: Path, items: int, max_seq_len: int) -> Path:
     """An untrained default-config model (embed 32, LSTM 64, MLP 128-64, 384-d MiniLM-sized text table)."""
     import torch
 
-    from seqctr.platform.checkpoint import save_checkpoint
     from seqctr.platform.config import load_config
-    from seqctr.platform.features import ItemIndex
-    from seqctr.platform.model import build_model
+    from seqctr.platform.model.checkpoint import save_checkpoint
+    from seqctr.platform.model.ctr import build_model
+    from seqctr.platform.model.features import ItemIndex
 
     cfg = load_config(None, [f"data.max_seq_len={max_seq_len}"])
     index = ItemIndex([f"item{k}" for k in range(items)])
@@ -64,13 +64,13 @@ def trained_checkpoint(root: Path, epochs: int, max_seq_len: int) -> tuple[Path,
     import pyarrow.parquet as pq
     import torch
 
-    from seqctr.platform.checkpoint import save_checkpoint
     from seqctr.platform.config import SyntheticConfig, load_config
-    from seqctr.platform.embeddings import TextEncoder
-    from seqctr.platform.features import ItemIndex, encode_samples
-    from seqctr.platform.metrics import auc
-    from seqctr.platform.model import build_model
-    from seqctr.platform.samples import samples_from_events
+    from seqctr.platform.data.embeddings import TextEncoder
+    from seqctr.platform.data.samples import samples_from_events
+    from seqctr.platform.model.checkpoint import save_checkpoint
+    from seqctr.platform.model.ctr import build_model
+    from seqctr.platform.model.features import ItemIndex, encode_samples
+    from seqctr.platform.model.metrics import auc
 
     cfg = load_config(None, [f"data.max_seq_len={max_seq_len}"])
     report = generate_synthetic_log(root / "data", SyntheticConfig(users=500, items=600, events=20_000, seed=3))
@@ -122,7 +122,7 @@ def trained_checkpoint(root: Path, epochs: int, max_seq_len: int) -> tuple[Path,
 
 
 def generate_synthetic_log(out: Path, syn: Any) -> dict[str, Any]:
-    from seqctr.platform.synthetic import generate_synthetic
+    from seqctr.platform.data.synthetic import generate_synthetic
 
     return generate_synthetic(syn, out)
 
@@ -155,7 +155,7 @@ def bare_server(checkpoint: str, port: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from seqctr.platform.predictor import load_model
+    from seqctr.platform.model.predictor import load_model
     from seqctr.serving.deployments import ServingModel, build_response, prepare_job, score_jobs
     from seqctr.serving.schemas import ScoreRequest, ScoreResponse
 
@@ -233,7 +233,7 @@ def measure(url: str, bodies: list[dict], concurrency: int) -> dict[str, float]:
 def deploy_variant(config: Path, checkpoint: Path, overrides: list[str], port: int) -> None:
     from ray import serve
 
-    from seqctr.serving.commands import deploy
+    from seqctr.cli.serve import deploy
 
     args = {"config": str(config), "overrides": overrides, "scorer_cpus": 1.0, "encoder_cpus": 0.1}
     info = deploy(args, {"model": str(checkpoint)}, name="bench", port=port, timeout_s=300)["model"]
@@ -253,9 +253,9 @@ def int8_cost(checkpoint: Path, samples: str | None, bodies: list[dict]) -> dict
     """In-process latency of one request (fp32 vs int8) and, with a test split, the AUC of each."""
     import torch
 
-    from seqctr.platform.features import encode_samples
-    from seqctr.platform.metrics import auc
-    from seqctr.platform.predictor import load_model
+    from seqctr.platform.model.features import encode_samples
+    from seqctr.platform.model.metrics import auc
+    from seqctr.platform.model.predictor import load_model
     from seqctr.serving.deployments import ServingModel, prepare_job, quantize_int8, score_jobs
     from seqctr.serving.schemas import ScoreRequest
 
@@ -275,7 +275,7 @@ def int8_cost(checkpoint: Path, samples: str | None, bodies: list[dict]) -> dict
     if samples:
         import pyarrow.parquet as pq
 
-        from seqctr.platform.schema import list_parquet_files
+        from seqctr.platform.data.contract import list_parquet_files
 
         table = pq.ParquetFile(list_parquet_files(f"{samples.rstrip('/')}/test")[0]).read()
         table = table.slice(0, 50_000)
@@ -310,7 +310,7 @@ def main() -> None:
     from ray import serve
 
     from seqctr.platform.config import load_config
-    from seqctr.platform.predictor import load_model
+    from seqctr.platform.model.predictor import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="serve_bench_"))
     samples = opts.samples
@@ -335,7 +335,7 @@ def main() -> None:
     bare_port, serve_port = opts.port + 1, opts.port
     bare_url, serve_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{serve_port}"
     bare = start_bare(checkpoint, bare_port)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)  # the dashboard hosts Serve's REST API
     results.update({"bare": {}, "serve": {}, "serve-nobatch": {}, "serve-int8": {}})
     try:
         deploy_variant(config, checkpoint, [], serve_port)

@@ -49,7 +49,7 @@ def prepare(cfg: Any, events: int) -> tuple[Any, Any]:
 
 
 def encoded_split(cfg: Any, assets: Any, split: str, rows: int) -> Any:
-    from seqctr.platform.samples import read_samples
+    from seqctr.platform.data.samples import read_samples
     from seqctr.training.ingest import encode_dataset
 
     ds = read_samples(cfg.data.samples, split).limit(rows)
@@ -58,7 +58,7 @@ def encoded_split(cfg: Any, assets: Any, split: str, rows: int) -> Any:
 
 def ray_epoch(cfg: Any, assets: Any, train_ds: Any, val_ds: Any, workers: int, threads: int) -> dict[str, float]:
     """One epoch through seqctr's TorchTrainer; samples/s as the worker measured its epoch loop."""
-    from seqctr.platform.checkpoint import read_checkpoint
+    from seqctr.platform.model.checkpoint import read_checkpoint
     from seqctr.training.trainer import make_trainer
 
     run_cfg = cfg.with_overrides(
@@ -87,7 +87,7 @@ def ray_epoch(cfg: Any, assets: Any, train_ds: Any, val_ds: Any, workers: int, t
 
 def bare_epoch(cfg: Any, assets: Any, train_ds: Any, threads: int) -> dict[str, float]:
     """The same training step (loop.train_step) over in-memory tensors: no Ray, no data pipeline, no DDP."""
-    from seqctr.platform.features import ItemIndex
+    from seqctr.platform.model.features import ItemIndex
     from seqctr.training.assets import build_model_from_assets
     from seqctr.training.loop import make_optimizer, train_step
 

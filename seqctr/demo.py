@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from seqctr.platform.config import ExperimentConfig
-from seqctr.platform.io import atomic_write_text
+from seqctr.platform.storage import atomic_write_text
 
 # A small campaign: 3 trials x 2 epochs on a 40k-sample subsample of train (val stays whole, so the
 # winner's val AUC is comparable with production's and the registry decides the promotion).
@@ -44,7 +44,7 @@ class Stages:
 
 def _generate(cfg: ExperimentConfig) -> dict[str, Any]:
     """Generate once per synthetic config: the config is stored beside the data and compared."""
-    from seqctr.platform.synthetic import generate_synthetic, oracle_auc
+    from seqctr.platform.data.synthetic import generate_synthetic, oracle_auc
 
     out = Path(cfg.data.events).parent
     stamp = out / "synthetic.json"
@@ -100,7 +100,7 @@ def _serve_and_score(cfg: ExperimentConfig, samples_dir: str) -> dict[str, Any]:
     import pyarrow.parquet as pq
     from ray import serve
 
-    from seqctr.platform.schema import list_parquet_files
+    from seqctr.platform.data.contract import list_parquet_files
     from seqctr.serving.app import make_app
     from seqctr.serving.client import CTRClient
 
@@ -126,7 +126,7 @@ def _serve_and_score(cfg: ExperimentConfig, samples_dir: str) -> dict[str, Any]:
 
 
 def run_demo(cfg: ExperimentConfig, serve_seconds: float = 0) -> dict[str, Any]:
-    from seqctr.platform.embeddings import embed_items
+    from seqctr.platform.data.embeddings import embed_items
     from seqctr.training.trainer import ensure_samples
 
     stages = Stages()

@@ -3,7 +3,7 @@
 Every refused input stops with a clear error that names what is wrong (the file and column, the config
 key, the checkpoint file, the request field) and leaves nothing half-written behind; the inputs a
 demanding user expects to work (emoji texts, texts far beyond the encoder's length, duplicate
-impressions, a history of 100k items) work. The CLI is driven through `seqctr.cli.app` as a user types
+impressions, a history of 100k items) work. The CLI is driven through `seqctr.cli.main.app` as a user types
 it: a refusal is exit code 2 with one `error: ...` line, never a traceback.
 
 Decisions on the inputs the contract leaves open:
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "serving"))  # share th
 
 from serving_helpers import free_port, tiny_serving_config, write_checkpoint  # noqa: E402
 
-from seqctr.cli import app  # noqa: E402
+from seqctr.cli.main import app  # noqa: E402
 from seqctr.platform.config import CONFIGS_DIR  # noqa: E402
 from seqctr.platform.registry import Registry  # noqa: E402
 
@@ -262,7 +262,7 @@ def test_duplicate_item_ids_are_refused_by_embed(tmp_path: Path, ray_session) ->
 
 
 def test_duplicate_events_are_kept_as_impressions(tmp_path: Path) -> None:
-    from seqctr.platform.samples import samples_from_events
+    from seqctr.platform.data.samples import samples_from_events
 
     twin = events_table()
     log = pa.concat_tables([twin, twin.slice(1, 2)])  # rows 1-2 (u1: i2 @200 label 0, i3 @300 label 1) twice
@@ -303,7 +303,7 @@ def test_future_dates_within_range_are_accepted(tmp_path: Path) -> None:
 
 
 def test_emoji_and_overlong_texts_are_validated_and_embedded(tmp_path: Path) -> None:
-    from seqctr.platform.embeddings import TextEncoder
+    from seqctr.platform.data.embeddings import TextEncoder
 
     long_text = "waterproof trail running shoe with a grippy sole " * 5_000  # ~250k characters
     texts = ["red running shoes 👟🔥", "帽子 🎩 blue hat", long_text]
@@ -458,7 +458,7 @@ def api(ray_session, checkpoint: Path, tmp_path_factory) -> str:
     """One Serve app for the module, deployed the way `seqctr serve --config FILE` does it."""
     from ray import serve
 
-    from seqctr.serving.commands import deploy
+    from seqctr.cli.serve import deploy
 
     settings = [
         "serve.min_replicas=1",

@@ -28,8 +28,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from seqctr.platform.job_commands import add_job_commands
-from seqctr.platform.jobs import job_client, job_status, stop_job
+from seqctr.platform.jobs import JobError, follow_job, job_client, job_status
 
 pytestmark = pytest.mark.slow
 
@@ -252,9 +251,16 @@ def two_nodes() -> Iterator[TwoNodes]:
 
 @pytest.fixture(scope="module")
 def cli() -> typer.Typer:
-    app = typer.Typer()
-    add_job_commands(app)
+    from seqctr.cli.main import app
+
     return app
+
+
+def ray_job_cli(*args: str) -> subprocess.CompletedProcess:
+    """Ray's own `ray job ...` CLI, as the README tells users to run it."""
+    return subprocess.run(
+        [str(RAY_BIN), "job", *args], env=node_env(), capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def run_cli(cli: typer.Typer, *args: str):
@@ -279,7 +285,7 @@ def wait_for_job(cluster: TwoNodes, job_id: str, timeout_s: float = JOB_TIMEOUT_
     deadline = time.monotonic() + timeout_s
     while (status := job_status(client, job_id)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
         if time.monotonic() > deadline:
-            stop_job(client, job_id)
+            client.stop_job(job_id)
             logs = client.get_job_logs(job_id)
             pytest.fail(f"job {job_id} still {status} after {timeout_s}s; logs:\n{logs[-4000:]}")
         time.sleep(2)
@@ -297,11 +303,11 @@ def test_a_submitted_job_runs_tasks_on_both_nodes(two_nodes, cli, monkeypatch):
     assert "working_dir_files" in fields["seqctr"] and not fields["seqctr"].startswith(str(REPO))
     print(f"\n[two-node] probe job {job_id}: {probe}")
 
-    listed = run_cli(cli, "jobs", "list", "--address", two_nodes.dashboard)
-    row = next(line for line in listed.output.splitlines() if line.startswith(job_id))
-    assert row.split()[1] == "SUCCEEDED"
-    logs = run_cli(cli, "jobs", "logs", job_id, "--address", two_nodes.dashboard)
-    assert logs.exit_code == 0 and probe in logs.output
+    # The README sends users to Ray's own CLI for everything after submit.
+    logs = ray_job_cli("logs", job_id, "--address", two_nodes.dashboard)
+    assert logs.returncode == 0 and probe in logs.stdout, logs.stderr[-2000:]
+    status = ray_job_cli("status", job_id, "--address", two_nodes.dashboard)
+    assert "SUCCEEDED" in status.stdout + status.stderr
 
 
 def test_stop_a_running_job(two_nodes, cli, monkeypatch):
@@ -313,22 +319,21 @@ def test_stop_a_running_job(two_nodes, cli, monkeypatch):
     while job_status(client, job_id) != "RUNNING":
         assert time.monotonic() < deadline, f"job {job_id} never started"
         time.sleep(1)
-    stopped = run_cli(cli, "jobs", "stop", job_id, "--address", two_nodes.dashboard)
-    assert stopped.output.strip() == f"stop requested for {job_id}"
+    stopped = ray_job_cli("stop", "--no-wait", job_id, "--address", two_nodes.dashboard)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
     assert wait_for_job(two_nodes, job_id, timeout_s=60) == "STOPPED"
-    followed = run_cli(cli, "jobs", "logs", job_id, "--follow", "--address", two_nodes.dashboard)
-    assert followed.exit_code == 1 and f"job {job_id} STOPPED" in followed.output
-    again = run_cli(cli, "jobs", "stop", job_id, "--address", two_nodes.dashboard)
-    assert again.output.strip() == f"{job_id} had already ended (STOPPED)"
-    unknown = run_cli(cli, "jobs", "logs", "raysubmit_doesnotexist", "--address", two_nodes.dashboard)
-    assert unknown.exit_code == 2 and "error: job raysubmit_doesnotexist:" in unknown.output
+    # `seqctr submit --follow`'s log follower ends with the job's status and exit code 1 for STOPPED.
+    lines: list[str] = []
+    assert follow_job(client, job_id, lines.append) == "STOPPED" and "sleeping" in "".join(lines)
+    with pytest.raises(JobError, match="raysubmit_doesnotexist"):
+        follow_job(client, "raysubmit_doesnotexist", lines.append)
 
 
 def test_seqctr_train_puts_one_worker_on_each_node(two_nodes, cli, monkeypatch, tmp_path_factory):
     from ray.util.state import list_actors
 
     from seqctr.platform.config import CONFIGS_DIR, load_config
-    from seqctr.platform.synthetic import generate_synthetic
+    from seqctr.platform.data.synthetic import generate_synthetic
 
     monkeypatch.chdir(REPO)
     shared = tmp_path_factory.mktemp("two-node-shared")  # one filesystem: both nodes see it
@@ -351,10 +356,12 @@ def test_seqctr_train_puts_one_worker_on_each_node(two_nodes, cli, monkeypatch, 
     flags = ("--storage", str(shared), "--env", f"RAY_ADDRESS={two_nodes.gcs_address}")
     job_id, _ = submit(cli, two_nodes, command, flags=flags)
     status = wait_for_job(two_nodes, job_id)
-    followed = run_cli(cli, "jobs", "logs", job_id, "--follow", "--address", two_nodes.dashboard)
-    assert status == "SUCCEEDED" and followed.exit_code == 0, followed.output[-5000:]
+    chunks: list[str] = []
+    client = job_client(two_nodes.dashboard)
+    assert follow_job(client, job_id, chunks.append) == "SUCCEEDED" and status == "SUCCEEDED", "".join(chunks)[-5000:]
+    followed_output = "".join(chunks)
 
-    jobs = job_client(two_nodes.dashboard).list_jobs()
+    jobs = client.list_jobs()
     ray_job_id = next(j.job_id for j in jobs if j.submission_id == job_id)
     workers = list_actors(
         address=two_nodes.dashboard,
@@ -364,7 +371,7 @@ def test_seqctr_train_puts_one_worker_on_each_node(two_nodes, cli, monkeypatch, 
     by_node = {
         name: sorted(w.pid for w in workers if w.node_id == node) for name, node in two_nodes.node_ids.items()
     }
-    started = re.findall(r"pid=(\d+)\) world_rank=(\d+)", followed.output)  # the controller's log
+    started = re.findall(r"pid=(\d+)\) world_rank=(\d+)", followed_output)  # the controller's log
     ranks = {int(pid): int(rank) for pid, rank in started}
     placement = {name: [(pid, ranks.get(pid)) for pid in pids] for name, pids in by_node.items()}
     print(f"\n[two-node] train job {job_id}: (pid, world_rank) by node {placement}, ids {two_nodes.node_ids}")

@@ -287,32 +287,6 @@ def job_status(client: Any, job_id: str) -> str:
     return str(_call(client.get_job_status, job_id).value)
 
 
-def job_logs(client: Any, job_id: str) -> str:
-    return str(_call(client.get_job_logs, job_id))
-
-
-def stop_job(client: Any, job_id: str) -> bool:
-    """Ask the job to stop; False when it had already ended."""
-    return bool(_call(client.stop_job, job_id))
-
-
-def list_jobs(client: Any) -> list[dict[str, Any]]:
-    """Every job the cluster knows, newest first, as plain dicts."""
-    rows = []
-    for job in client.list_jobs():
-        rows.append(
-            {
-                "id": job.submission_id or job.job_id,
-                "status": str(job.status.value),
-                "entrypoint": job.entrypoint,
-                "start_time": job.start_time,
-                "end_time": job.end_time,
-                "message": job.message,
-            }
-        )
-    return sorted(rows, key=lambda r: r["start_time"] or 0, reverse=True)
-
-
 def iter_job_logs(client: Any, job_id: str) -> Iterator[str]:
     """Log chunks as the job writes them, until it ends (a synchronous view of `tail_job_logs`)."""
     _call(client.get_job_status, job_id)  # an unknown id fails here, with its name

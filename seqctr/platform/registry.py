@@ -14,7 +14,7 @@ temporary folder, then renamed onto the claimed slot; aliases.json is replaced a
 lock. On a `pyarrow.fs` URI (s3://, gs://, ...) the layout is the same but the lock is a local file, so
 writers are safe on one machine and must be serialised across machines by the caller.
 
-No torch at import: checkpoint verification imports `seqctr.platform.checkpoint` only when needed, so
+No torch at import: checkpoint verification imports `seqctr.platform.model.checkpoint` only when needed, so
 `seqctr models list` stays fast.
 """
 
@@ -39,7 +39,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from seqctr.platform.config import ExperimentConfig
-from seqctr.platform.io import atomic_dir, atomic_write_text, filesystem_for, is_uri
+from seqctr.platform.storage import atomic_dir, atomic_write_text, filesystem_for, is_uri
 
 SCHEME = "registry://"
 DEFAULT_ALIAS = "production"
@@ -161,7 +161,7 @@ def _next_slot(names: list[str]) -> str:
 
 # --------------------------------------------------------------------------------- verification
 def _verify_local(path: str | os.PathLike) -> dict[str, Any]:
-    from seqctr.platform.checkpoint import verify_checkpoint
+    from seqctr.platform.model.checkpoint import verify_checkpoint
 
     return verify_checkpoint(path)
 
@@ -626,7 +626,7 @@ def default_registry_root(cfg: ExperimentConfig | None = None) -> str:
 
 def resolve_checkpoint_uri(uri: str, cfg: ExperimentConfig | None = None) -> str:
     """`registry://NAME[@REF]`, a checkpoint folder or a pyarrow.fs URI -> a verified local checkpoint folder."""
-    from seqctr.platform.checkpoint import CheckpointError
+    from seqctr.platform.model.checkpoint import CheckpointError
 
     uri = str(uri)
     if uri.startswith(SCHEME):

@@ -40,9 +40,9 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from seqctr.platform.config import ExperimentConfig, config_from_dict
-from seqctr.platform.features import UNKNOWN, ItemIndex, age_buckets, hash_buckets
-from seqctr.platform.model import CTRModel, HistoryState
-from seqctr.platform.predictor import load_model
+from seqctr.platform.model.ctr import CTRModel, HistoryState
+from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, hash_buckets
+from seqctr.platform.model.predictor import load_model
 
 logger = logging.getLogger("ray.serve")
 REGISTRY_SCHEME = "registry://"
@@ -364,7 +364,7 @@ class ItemEncoder:
         self.hits = self.misses = 0
 
     def _encoder(self, name: str, max_length: int, pooling: str) -> Any:
-        from seqctr.platform.embeddings import TextEncoder
+        from seqctr.platform.data.embeddings import TextEncoder
 
         key = (name, max_length, pooling)
         with self._lock:  # one load per setting, never two at once (the 'tiny' BERT seeds the global RNG)

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from seqctr.platform.checkpoint import read_checkpoint
 from seqctr.platform.config import ExperimentConfig
-from seqctr.platform.embeddings import embed_items, load_bert, load_embeddings, tokenize_texts
-from seqctr.platform.features import ItemIndex
-from seqctr.platform.model import CTRModel
-from seqctr.platform.schema import list_parquet_files
+from seqctr.platform.data.contract import list_parquet_files
+from seqctr.platform.data.embeddings import embed_items, load_bert, load_embeddings, tokenize_texts
+from seqctr.platform.model.checkpoint import read_checkpoint
+from seqctr.platform.model.ctr import CTRModel
+from seqctr.platform.model.features import ItemIndex
 
 BERT_CONFIG_FILE = "bert_config.json"
 

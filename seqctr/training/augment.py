@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from seqctr.platform.features import UNKNOWN as UNKNOWN_AGE  # the age bucket of a click of unknown time
+from seqctr.platform.model.features import UNKNOWN as UNKNOWN_AGE  # the age bucket of a click of unknown time
 
 
 def _compact(

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from seqctr.platform.metrics import auc, evaluate
-from seqctr.platform.predictor import load_model
+from seqctr.platform.model.metrics import auc, evaluate
+from seqctr.platform.model.predictor import load_model
 from seqctr.training.ingest import encode_table
 
 
@@ -47,8 +47,8 @@ def metrics_for(arrays: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def evaluate_checkpoint_on_split(checkpoint_dir: str, samples_dir: str, split: str) -> dict[str, Any]:
-    from seqctr.platform.checkpoint import update_metrics
-    from seqctr.platform.samples import read_samples
+    from seqctr.platform.data.samples import read_samples
+    from seqctr.platform.model.checkpoint import update_metrics
 
     arrays = score_dataset(checkpoint_dir, read_samples(samples_dir, split))
     metrics = metrics_for(arrays)
@@ -58,9 +58,9 @@ def evaluate_checkpoint_on_split(checkpoint_dir: str, samples_dir: str, split: s
 
 def evaluate_log(checkpoint: str, events: str | None = None) -> dict[str, Any]:
     """Score a behaviour log (histories are built from that log alone) or, by default, the test split."""
-    from seqctr.platform.checkpoint import read_checkpoint
+    from seqctr.platform.data.samples import build_samples, read_events, read_samples
+    from seqctr.platform.model.checkpoint import read_checkpoint
     from seqctr.platform.registry import resolve_checkpoint_uri
-    from seqctr.platform.samples import build_samples, read_events, read_samples
 
     checkpoint_dir = resolve_checkpoint_uri(checkpoint, None)
     cfg = read_checkpoint(checkpoint_dir).config

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from seqctr.platform.features import MODEL_INPUTS, ItemIndex, encode_samples, hash_buckets
+from seqctr.platform.model.features import MODEL_INPUTS, ItemIndex, encode_samples, hash_buckets
 
 USER_HASH_BUCKETS = 2**61  # groups users for GAUC; collisions are negligible at this size
 MODEL_COLUMNS = (*MODEL_INPUTS, "label", "user")

@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from seqctr.platform.checkpoint import read_checkpoint, save_checkpoint
 from seqctr.platform.config import ExperimentConfig, config_from_dict
-from seqctr.platform.features import ItemIndex
-from seqctr.platform.metrics import evaluate
+from seqctr.platform.model.checkpoint import read_checkpoint, save_checkpoint
+from seqctr.platform.model.features import ItemIndex
+from seqctr.platform.model.metrics import evaluate
 from seqctr.training.assets import ModelAssets, build_model_from_assets, warm_start_state
 from seqctr.training.augment import augment_history
 from seqctr.training.ingest import to_model_inputs

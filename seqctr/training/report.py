@@ -12,8 +12,8 @@ matplotlib.use("Agg")  # headless: reports are written on clusters and CI machin
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from seqctr.platform.io import atomic_dir  # noqa: E402
-from seqctr.platform.metrics import calibration_bins, roc_curve_points  # noqa: E402
+from seqctr.platform.model.metrics import calibration_bins, roc_curve_points  # noqa: E402
+from seqctr.platform.storage import atomic_dir  # noqa: E402
 
 
 def metrics_table(rows: dict[str, dict[str, float]]) -> str:

@@ -19,8 +19,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from seqctr.platform.config import ExperimentConfig
-from seqctr.platform.features import ItemIndex
-from seqctr.platform.samples import build_and_write, read_samples
+from seqctr.platform.data.samples import build_and_write, read_samples
+from seqctr.platform.model.features import ItemIndex
 from seqctr.training.assets import ModelAssets, prepare_assets
 from seqctr.training.ingest import encode_dataset
 from seqctr.training.loop import train_loop_per_worker
@@ -44,7 +44,7 @@ def run_index(cfg: ExperimentConfig, init_from: str | None) -> ItemIndex:
     index = ItemIndex.load(os.path.join(cfg.data.samples, "item_index.json"))
     if not init_from:
         return index
-    from seqctr.platform.checkpoint import read_checkpoint
+    from seqctr.platform.model.checkpoint import read_checkpoint
 
     parent = ItemIndex.from_json(read_checkpoint(init_from).item_index_json)
     return parent.extend(index.ids)
@@ -166,6 +166,6 @@ def run_training(
 
 
 def _history(checkpoint_dir: str) -> list[dict[str, Any]]:
-    from seqctr.platform.checkpoint import read_checkpoint
+    from seqctr.platform.model.checkpoint import read_checkpoint
 
     return read_checkpoint(checkpoint_dir).train_state.get("history", [])

@@ -1,6 +1,6 @@
 """Ray Jobs submission: what is shipped, what runs, and the errors a user sees (no cluster needed).
 
-Submitting to a real cluster, `jobs list|logs|stop` and `--follow` are tested against a two-node Ray
+Submitting to a real cluster, `--follow` and Ray's own `ray job logs|stop` are tested against a two-node Ray
 cluster in tests/test_two_node.py.
 """
 
@@ -14,7 +14,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from seqctr.platform.job_commands import add_job_commands
 from seqctr.platform.jobs import (
     DEFAULT_EXCLUDES,
     JOB_ENV_VARS,
@@ -35,8 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def cli() -> typer.Typer:
-    app = typer.Typer()
-    add_job_commands(app)
+    from seqctr.cli.main import app
+
     return app
 
 
@@ -205,7 +204,7 @@ def test_submit_without_address_exits_2_with_the_fix(cli, monkeypatch):
 def test_unreachable_cluster_exits_2(cli, monkeypatch):
     monkeypatch.chdir(REPO)
     address = f"http://127.0.0.1:{free_port()}"
-    for args in (["submit", "--address", address, "--", "seqctr", "train"], ["jobs", "list", "-a", address]):
+    for args in (["submit", "--address", address, "--", "seqctr", "train"],):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2, result.output
         assert f"error: cannot reach the Ray Jobs API at {address}" in result.output

@@ -14,11 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from seqctr.cli.models import models_app
 from seqctr.platform import registry as registry_mod
-from seqctr.platform.checkpoint import CheckpointError, save_checkpoint, update_metrics, verify_checkpoint
 from seqctr.platform.config import ExperimentConfig
+from seqctr.platform.model.checkpoint import CheckpointError, save_checkpoint, update_metrics, verify_checkpoint
 from seqctr.platform.registry import Registry, RegistryError, data_fingerprint, parse_ref, resolve_checkpoint_uri
-from seqctr.platform.registry_commands import models_app
 
 
 def make_checkpoint(path: Path, val_auc: float | None = 0.7, **extra_json: dict) -> Path:
@@ -381,7 +381,7 @@ def test_data_fingerprint_follows_content_not_bookkeeping(tmp_path: Path) -> Non
 
 def test_cli_module_imports_neither_torch_nor_ray() -> None:
     code = (
-        "import sys, seqctr.platform.registry_commands; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+        "import sys, seqctr.cli.models; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqctr.platform.checkpoint import save_checkpoint
 from seqctr.platform.config import CONFIGS_DIR, ExperimentConfig, load_config
-from seqctr.platform.features import ItemIndex, encode_samples
-from seqctr.platform.model import build_model
-from seqctr.platform.predictor import load_model
+from seqctr.platform.model.checkpoint import save_checkpoint
+from seqctr.platform.model.ctr import build_model
+from seqctr.platform.model.features import ItemIndex, encode_samples
+from seqctr.platform.model.predictor import load_model
 
 NUM_ITEMS = 40
 TEXT_DIM = 32  # hidden size of the tiny random BERT ('tiny'), so cold-start vectors fit the table

@@ -16,11 +16,11 @@ import typer
 from serving_helpers import free_port, offline_scores, tiny_serving_config
 from typer.testing import CliRunner
 
-from seqctr.platform.embeddings import TextEncoder
-from seqctr.platform.features import hash_buckets
-from seqctr.platform.predictor import load_model
+from seqctr.cli.serve import api_key_env_vars, deploy, live_applications, score_command, serve_command
+from seqctr.platform.data.embeddings import TextEncoder
+from seqctr.platform.model.features import hash_buckets
+from seqctr.platform.model.predictor import load_model
 from seqctr.serving.client import CTRClient
-from seqctr.serving.commands import api_key_env_vars, deploy, live_applications, score_command, serve_command
 
 APP = "seqctr_test"
 KEY_ENV = "SEQCTR_TEST_API_KEY"

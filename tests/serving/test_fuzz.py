@@ -20,8 +20,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from serving_helpers import free_port, tiny_serving_config
 
+from seqctr.cli.serve import api_key_env_vars, deploy
 from seqctr.serving.app import fastapi_app
-from seqctr.serving.commands import api_key_env_vars, deploy
 
 APP = "seqctr_fuzz"
 KEY_ENV = "SEQCTR_FUZZ_API_KEY"

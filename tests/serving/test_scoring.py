@@ -12,12 +12,12 @@ import pytest
 from pydantic import ValidationError
 from serving_helpers import offline_scores, tiny_serving_config, write_checkpoint
 
+from seqctr.cli.serve import connect_ray, running_cluster, serve_args
 from seqctr.platform.config import CONFIGS_DIR, ConfigError
-from seqctr.platform.embeddings import TextEncoder
-from seqctr.platform.predictor import load_model
+from seqctr.platform.data.embeddings import TextEncoder
+from seqctr.platform.model.predictor import load_model
 from seqctr.serving.app import AppArgs, app_config, autoscaling_config, build_app, read_api_key
 from seqctr.serving.client import CTRClient, CTRClientError
-from seqctr.serving.commands import connect_ray, running_cluster, serve_args
 from seqctr.serving.deployments import CTRScorer, ItemEncoder, ModelSpec, prepare_job, score_jobs
 from seqctr.serving.schemas import RankRequest, ScoreRequest, candidates_error
 
@@ -262,9 +262,7 @@ def test_app_config_and_builder_inputs(tmp_path, monkeypatch):
 
 def test_serve_joins_only_a_named_or_recorded_cluster(monkeypatch):
     import ray
-    import ray._private.utils
 
-    monkeypatch.setattr(ray._private.utils, "read_ray_address", lambda *args: None)
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert running_cluster() == "10.0.0.5:6379"
     monkeypatch.delenv("RAY_ADDRESS")

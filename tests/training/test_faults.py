@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from seqctr.platform.config import ExperimentConfig, load_config, resolve_paths
-from seqctr.platform.synthetic import generate_synthetic
+from seqctr.platform.data.synthetic import generate_synthetic
 from seqctr.training.trainer import run_training
 from seqctr.tuning.campaign import run_campaign
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqctr.platform.checkpoint import read_checkpoint
 from seqctr.platform.config import ExperimentConfig, load_config, resolve_paths
-from seqctr.platform.synthetic import generate_synthetic
+from seqctr.platform.data.synthetic import generate_synthetic
+from seqctr.platform.model.checkpoint import read_checkpoint
 from seqctr.training.evaluation import evaluate_log, metrics_for, score_dataset
 from seqctr.training.trainer import run_training
 
@@ -51,7 +51,7 @@ def test_best_checkpoint_reproduces_its_val_auc(trained):
     contents = read_checkpoint(best)
     assert contents.metrics["val_auc"] == max(h["val_auc"] for h in result["history"])
     assert contents.config.model.attention is True
-    from seqctr.platform.samples import read_samples
+    from seqctr.platform.data.samples import read_samples
 
     again = metrics_for(score_dataset(best, read_samples(cfg.data.samples, "val")))
     assert again["auc"] == pytest.approx(contents.metrics["val_auc"], abs=1e-6)
@@ -94,7 +94,7 @@ def test_warm_start_from_the_registry_extends_the_index_and_records_its_parent(t
     """Retraining on a newer log with more items: known items keep their rows, weights start from the
     parent (with a vanishing learning rate they are still the parent's after an epoch), lineage is kept."""
     from seqctr.platform.config import SyntheticConfig
-    from seqctr.platform.features import ItemIndex
+    from seqctr.platform.model.features import ItemIndex
     from seqctr.platform.registry import Registry
 
     parent_cfg, parent = trained
@@ -138,7 +138,7 @@ def test_warm_start_from_the_registry_extends_the_index_and_records_its_parent(t
 
 
 def test_max_train_samples_subsamples_train_and_keeps_val_whole(trained):
-    from seqctr.platform.samples import read_samples
+    from seqctr.platform.data.samples import read_samples
     from seqctr.training.trainer import make_datasets, run_index
 
     cfg, _ = trained

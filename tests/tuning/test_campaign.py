@@ -11,8 +11,8 @@ import pytest
 from ray import tune
 
 from seqctr.platform.config import ConfigError, load_config, resolve_paths
+from seqctr.platform.data.synthetic import generate_synthetic
 from seqctr.platform.registry import Registry
-from seqctr.platform.synthetic import generate_synthetic
 from seqctr.tuning.campaign import CampaignInterrupted, finished_run_metrics, run_campaign
 from seqctr.tuning.space import base_point, build_search_space, trial_config
 

@@ -72,32 +72,42 @@ def api_key_env_vars(api_key_env: str) -> dict[str, str]:
 
 
 def running_cluster() -> str | None:
-    """RAY_ADDRESS, else the cluster a `ray start` on this machine recorded; None if neither.
+    """The cluster named by RAY_ADDRESS (what `ray start --head` tells you to export); None if unset.
     (Never Ray's "auto" search, which would join any Ray found here, e.g. another user's test run.)"""
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"]
-    try:
-        from ray._private.utils import read_ray_address
-
-        return read_ray_address() or None
-    except Exception:  # noqa: BLE001 - no record means no cluster to join
-        return None
+    return os.environ.get("RAY_ADDRESS") or None
 
 
-def connect_ray(detach: bool) -> None:
-    """Join RAY_ADDRESS or a `ray start` cluster; else start a local Ray (not with --detach, whose app
-    would stop when this command exits)."""
+def connect_ray(detach: bool) -> str:
+    """Join RAY_ADDRESS's cluster, else start a local Ray (not with --detach, whose app would stop when
+    this command exits). Returns the dashboard's HTTP address, where Serve's REST API lives."""
     import ray
 
-    if ray.is_initialized():
-        return
     address = running_cluster()
-    if address is None and detach:
+    if not ray.is_initialized() and address is None and detach:
         raise ConfigError(
-            "--detach needs a running Ray cluster (`ray start --head`, or RAY_ADDRESS): "
+            "--detach needs a running Ray cluster named by RAY_ADDRESS (`ray start --head` prints it): "
             "an app on a Ray started by this command would stop when it exits"
         )
-    ray.init(address=address, log_to_driver=True, configure_logging=False)
+    ray.init(address=address, log_to_driver=True, configure_logging=False, ignore_reinit_error=True)
+    return dashboard_address()
+
+
+def dashboard_address() -> str:
+    """The connected cluster's dashboard (RAY_DASHBOARD_ADDRESS overrides), as an http:// address."""
+    import ray
+
+    context = ray.init(ignore_reinit_error=True)  # already connected: returns that connection's context
+    dashboard = os.environ.get("RAY_DASHBOARD_ADDRESS") or context.dashboard_url
+    if not dashboard:
+        raise ConfigError("this Ray cluster runs no dashboard, which Serve's REST API needs (ray[default])")
+    return dashboard if "://" in dashboard else f"http://{dashboard}"
+
+
+def serve_client(dashboard: str) -> Any:
+    """Serve's REST API client: the one `serve deploy` and `serve status` use."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    return ServeSubmissionClient(dashboard)
 
 
 def live_applications(client: Any) -> dict[str, dict[str, Any]]:
@@ -135,16 +145,17 @@ def deploy(
     route_prefix: str = "/",
     env_vars: dict[str, str] | None = None,
     timeout_s: float = 300.0,
+    dashboard: str | None = None,
 ) -> dict[str, Any]:
     """Start the app, or hot-reload it when one named `name` runs with the same args.
 
     Other declaratively deployed apps are kept. Returns {"action": started|reloaded|redeployed, "model":
     the scorer's info after the change}.
     """
-    from ray.serve._private.api import serve_start
-    from ray.serve.schema import ServeDeploySchema
+    from ray import serve
 
-    client = serve_start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port})
+    client = serve_client(dashboard or dashboard_address())
     apps = live_applications(client)
     current = apps.get(name)
     action = "started"
@@ -160,7 +171,7 @@ def deploy(
         if other != name and details.get("deployed_app_config")
     ]
     entries.append(app_entry(name, args, user_config, route_prefix, env_vars))
-    client.deploy_apps(ServeDeploySchema.model_validate({"applications": entries}))
+    client.deploy_applications({"http_options": {"host": host, "port": port}, "applications": entries})
     wait_running(client, name, timeout_s)  # RUNNING again = every replica has reconfigured or restarted
     if action == "reloaded":
         return {"action": action, "model": wait_reload(name, before, timeout_s)}
@@ -223,7 +234,7 @@ def serve_command(
         cfg = app_config(app_args)  # validated here, so a bad flag stops before Ray starts
         read_api_key(cfg.serve.api_key_env)
         user_config = model_user_config(cfg)
-        connect_ray(detach)
+        dashboard = connect_ray(detach)
         result = deploy(
             args,
             user_config,
@@ -232,6 +243,7 @@ def serve_command(
             port=port or http.get("port") or cfg.serve.port,
             env_vars=api_key_env_vars(cfg.serve.api_key_env),
             timeout_s=timeout,
+            dashboard=dashboard,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         raise _fail(str(err)) from None

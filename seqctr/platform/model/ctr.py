@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from seqctr.platform.config import ModelConfig
-from seqctr.platform.features import AGE_BUCKETS
+from seqctr.platform.model.features import AGE_BUCKETS
 
 PAD, UNKNOWN = 0, 1
 FROZEN_CACHE_BYTES = 1 << 30  # fine-tuning: cache the frozen BERT layers' output when it fits in this

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from seqctr.platform.config import SyntheticConfig
-from seqctr.platform.io import atomic_dir
+from seqctr.platform.storage import atomic_dir
 
 # Hand-written category word lists (real English words, unique across categories).
 CATEGORY_WORDS: dict[str, tuple[str, ...]] = {

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from seqctr.platform.features import UNKNOWN, ItemIndex, age_buckets, encode_samples, hash_buckets
+from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, encode_samples, hash_buckets
 
 
 def test_item_index_rows_unknown_and_padding():

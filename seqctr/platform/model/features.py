@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqctr.platform.io import atomic_write_text, filesystem_for, is_uri
+from seqctr.platform.storage import atomic_write_text, filesystem_for, is_uri
 
 PAD = 0
 UNKNOWN = 1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score, roc_curve
 
-from seqctr.platform.metrics import (
+from seqctr.platform.model.metrics import (
     auc,
     calibration,
     calibration_bins,

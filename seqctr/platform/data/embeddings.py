@@ -5,7 +5,7 @@ loaded once per actor, not per batch) and writes `embeddings.parquet` + `meta.js
 output is keyed by a fingerprint of the item files and the encoder settings, so a re-run with the same
 inputs reuses it without starting a single encoder.
 
-    python -c "from seqctr.platform.embeddings import TextEncoder; print(TextEncoder('tiny').encode(['hi']))"
+    python -c "from seqctr.platform.data.embeddings import TextEncoder; print(TextEncoder('tiny').encode(['hi']))"
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import torch
 
 from seqctr.platform.config import EmbedConfig
-from seqctr.platform.io import atomic_dir, atomic_write_text, filesystem_for
-from seqctr.platform.schema import ITEM_COLUMNS, DataError, list_parquet_files, open_parquet, validate_items
+from seqctr.platform.data.contract import ITEM_COLUMNS, DataError, list_parquet_files, open_parquet, validate_items
+from seqctr.platform.storage import atomic_dir, atomic_write_text, filesystem_for
 
 TINY_MODEL = "tiny-random-bert"  # sentinel path of the tiny random BERT used by tests
 EMBEDDINGS_FILE = "embeddings.parquet"

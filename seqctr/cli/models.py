@@ -19,7 +19,7 @@ from typing import Any
 
 import typer
 
-from seqctr.platform.cli_errors import user_errors
+from seqctr.cli.errors import user_errors
 from seqctr.platform.config import load_config, resolve_paths
 from seqctr.platform.registry import Registry, VersionRecord
 

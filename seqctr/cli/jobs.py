@@ -1,11 +1,10 @@
-"""CLI for Ray Jobs: `seqctr submit -- COMMAND` and `seqctr jobs list|logs|stop`.
+"""CLI for Ray Jobs: `seqctr submit -- COMMAND` (the entrypoint and runtime_env Ray cannot build).
 
     seqctr submit --address http://127.0.0.1:8265 --follow -- seqctr train --config configs/tiny.yaml
-    seqctr jobs list
-    seqctr jobs logs raysubmit_XXXX --follow
-    seqctr jobs stop raysubmit_XXXX
 
-Registered in seqctr/cli.py with `add_job_commands(app)`. Without --address, RAY_ADDRESS is used.
+Listing, logs and stopping are Ray's own CLI: `ray job list`, `ray job logs ID --follow`,
+`ray job stop ID` (with RAY_AUTH_MODE=token where the cluster has token auth).
+Registered in seqctr/cli/main.py with `add_job_commands(app)`. Without --address, RAY_ADDRESS is used.
 Exit codes: 0 = done (or the followed job SUCCEEDED), 1 = the followed job FAILED or was STOPPED,
 2 = a usage or connection error (one line, no traceback), 130 = interrupted while following.
 """
@@ -18,7 +17,7 @@ from typing import Any
 
 import typer
 
-from seqctr.platform.cli_errors import user_errors
+from seqctr.cli.errors import user_errors
 from seqctr.platform.jobs import (
     STORAGE_ENV,
     build_job_spec,
@@ -26,11 +25,7 @@ from seqctr.platform.jobs import (
     follow_job,
     is_seqctr_command,
     job_client,
-    job_logs,
-    job_status,
-    list_jobs,
     parse_env,
-    stop_job,
     submit,
 )
 
@@ -38,16 +33,9 @@ from seqctr.platform.jobs import (
 # `seqctr submit seqctr train --config x` works even without the `--` separator.
 SUBMIT_CONTEXT_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 
-jobs_app = typer.Typer(help="List, follow and stop Ray Jobs on a cluster.", no_args_is_help=True)
-
 AddressOpt = typer.Option(
     None, "--address", "-a", help="Ray Jobs API, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)."
 )
-
-
-def _one_line(text: str, limit: int = 100) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _write(chunk: str) -> None:
@@ -58,7 +46,7 @@ def _follow_and_exit(client: Any, job_id: str) -> None:
     try:
         status = follow_job(client, job_id, _write)
     except KeyboardInterrupt:
-        typer.echo(f"\n[seqctr] stopped following; it keeps running (seqctr jobs stop {job_id})", err=True)
+        typer.echo(f"\n[seqctr] stopped following; it keeps running (ray job stop {job_id})", err=True)
         raise typer.Exit(130) from None
     color = typer.colors.GREEN if status == "SUCCEEDED" else typer.colors.RED
     typer.secho(f"[seqctr] job {job_id} {status}", fg=color, err=True)
@@ -95,55 +83,12 @@ def submit_command(
     typer.echo(f"[seqctr] entrypoint: {spec.entrypoint}", err=True)
     if follow:
         _follow_and_exit(client, submitted)
-    typer.echo(f"[seqctr] follow with: seqctr jobs logs {submitted} --follow", err=True)
-
-
-@jobs_app.command("list")
-@user_errors
-def jobs_list(address: str | None = AddressOpt) -> None:
-    """Jobs on the cluster, newest first: id, status, entrypoint."""
-    rows = list_jobs(job_client(address))
-    if not rows:
-        typer.echo("no jobs")
-        return
-    width = max(len(r["id"]) for r in rows)
-    typer.echo(f"{'ID':<{width}}  {'STATUS':<9}  ENTRYPOINT")
-    for r in rows:
-        typer.echo(f"{r['id']:<{width}}  {r['status']:<9}  {_one_line(r['entrypoint'])}")
-
-
-@jobs_app.command("logs")
-@user_errors
-def jobs_logs(
-    job_id: str = typer.Argument(..., help="Submission id (from `seqctr submit` or `seqctr jobs list`)."),
-    address: str | None = AddressOpt,
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends."),
-) -> None:
-    """Print a job's logs; with --follow, stream them and exit with the job's status."""
-    client = job_client(address)
-    if follow:
-        _follow_and_exit(client, job_id)
-    typer.echo(job_logs(client, job_id), nl=False)
-
-
-@jobs_app.command("stop")
-@user_errors
-def jobs_stop(
-    job_id: str = typer.Argument(..., help="Submission id."),
-    address: str | None = AddressOpt,
-) -> None:
-    """Ask a job to stop (SIGTERM, then SIGKILL after Ray's grace period)."""
-    client = job_client(address)
-    if stop_job(client, job_id):
-        typer.echo(f"stop requested for {job_id}")
-    else:
-        typer.echo(f"{job_id} had already ended ({job_status(client, job_id)})")
+    typer.echo(f"[seqctr] follow with: ray job logs {submitted} --follow", err=True)
 
 
 def add_job_commands(app: typer.Typer) -> None:
-    """Register `submit` and the `jobs` group on the main CLI app."""
+    """Register `submit` on the main CLI app."""
     app.command("submit", context_settings=SUBMIT_CONTEXT_SETTINGS)(submit_command)
-    app.add_typer(jobs_app, name="jobs")
 
 
-__all__ = ["SUBMIT_CONTEXT_SETTINGS", "add_job_commands", "jobs_app", "submit_command"]
+__all__ = ["SUBMIT_CONTEXT_SETTINGS", "add_job_commands", "submit_command"]

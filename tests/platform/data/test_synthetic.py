@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from seqctr.platform.config import SyntheticConfig
-from seqctr.platform.synthetic import (
+from seqctr.platform.data.synthetic import (
     CATEGORY_WORDS,
     GENERIC_WORDS,
     auc_score,

@@ -15,11 +15,11 @@ import typer
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
-    from seqctr.platform.checkpoint import CheckpointError
     from seqctr.platform.config import ConfigError
+    from seqctr.platform.data.contract import DataError
     from seqctr.platform.jobs import JobError
+    from seqctr.platform.model.checkpoint import CheckpointError
     from seqctr.platform.registry import RegistryError
-    from seqctr.platform.schema import DataError
 
     return (ConfigError, DataError, CheckpointError, RegistryError, JobError, FileNotFoundError)
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import typer
 
-from seqctr.platform.cli_errors import user_errors
+from seqctr.cli.errors import user_errors
+from seqctr.cli.jobs import add_job_commands
+from seqctr.cli.models import models_app
+from seqctr.cli.serve import score_command, serve_command
 from seqctr.platform.config import ConfigError, ExperimentConfig, load_config, resolve_paths
-from seqctr.platform.job_commands import add_job_commands
-from seqctr.platform.registry_commands import models_app
-from seqctr.serving.commands import score_command, serve_command
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
 config_app = typer.Typer(help="Show the resolved experiment config.", no_args_is_help=True)
@@ -75,7 +75,7 @@ def data_generate(
     set_: list[str] = SetOpt,
 ) -> None:
     """Write a synthetic behaviour log with known click probabilities (p_true)."""
-    from seqctr.platform.synthetic import generate_synthetic, oracle_auc
+    from seqctr.platform.data.synthetic import generate_synthetic, oracle_auc
 
     cfg = get_config(config, set_)
     given = {"users": users, "items": items, "events": events, "seed": seed}
@@ -93,12 +93,12 @@ def data_validate(
     kind: str = typer.Option("auto", help="events | items | auto (by columns)."),
 ) -> None:
     """Check a behaviour log or item table against the data contract."""
-    from seqctr.platform.schema import list_parquet_files, validate_events, validate_items
+    from seqctr.platform.data.contract import list_parquet_files, validate_events, validate_items
 
     if kind == "auto":
         import pyarrow.parquet as pq
 
-        from seqctr.platform.schema import DataError
+        from seqctr.platform.data.contract import DataError
 
         first = list_parquet_files(path)[0]
         try:
@@ -122,7 +122,7 @@ def data_build(
     set_: list[str] = SetOpt,
 ) -> None:
     """Build time-ordered samples (history, target, label) and train/val/test splits with Ray Data."""
-    from seqctr.platform.samples import build_and_write
+    from seqctr.platform.data.samples import build_and_write
 
     cfg = get_config(config, set_)
     init_ray()
@@ -149,7 +149,7 @@ def embed(
     set_: list[str] = SetOpt,
 ) -> None:
     """Embed every item text with the BERT encoder (Ray Data actor pool); cached by fingerprint."""
-    from seqctr.platform.embeddings import embed_items
+    from seqctr.platform.data.embeddings import embed_items
 
     cfg = get_config(config, set_)
     update = {k: v for k, v in {"out": out, "model": model}.items() if v}

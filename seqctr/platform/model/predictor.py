@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from seqctr.platform.checkpoint import CheckpointContents, read_checkpoint
 from seqctr.platform.config import ExperimentConfig
-from seqctr.platform.features import MODEL_INPUTS, ItemIndex
-from seqctr.platform.model import CTRModel
+from seqctr.platform.model.checkpoint import CheckpointContents, read_checkpoint
+from seqctr.platform.model.ctr import CTRModel
+from seqctr.platform.model.features import MODEL_INPUTS, ItemIndex
 
 BERT_CONFIG_FILE = "bert_config.json"
 

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from seqctr.platform.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, verify_checkpoint
 from seqctr.platform.config import ExperimentConfig
+from seqctr.platform.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, verify_checkpoint
 
 
 class Tiny(torch.nn.Module):
@@ -92,9 +92,9 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path):
 
 def test_checkpoint_from_before_click_ages_loads_without_them(tmp_path):
     """A model saved before `model.time_features` existed has no age embedding: it loads as such."""
-    from seqctr.platform.features import ItemIndex
-    from seqctr.platform.model import build_model
-    from seqctr.platform.predictor import load_model
+    from seqctr.platform.model.ctr import build_model
+    from seqctr.platform.model.features import ItemIndex
+    from seqctr.platform.model.predictor import load_model
 
     cfg = ExperimentConfig().with_overrides({"model.text": False, "model.id_buckets": 64})
     index = ItemIndex.from_ids(["a", "b"])
@@ -110,9 +110,9 @@ def test_fine_tuned_checkpoint_loads_and_predicts_the_same(tmp_path):
     """Fine-tune mode keeps no text table (texts go through BERT): the checkpoint still rebuilds."""
     from transformers import BertConfig, BertModel
 
-    from seqctr.platform.features import ItemIndex
-    from seqctr.platform.model import build_model
-    from seqctr.platform.predictor import BERT_CONFIG_FILE, load_model
+    from seqctr.platform.model.ctr import build_model
+    from seqctr.platform.model.features import ItemIndex
+    from seqctr.platform.model.predictor import BERT_CONFIG_FILE, load_model
 
     cfg = ExperimentConfig().with_overrides({"model.bert_trainable_layers": 1, "model.id_buckets": 64})
     index = ItemIndex.from_ids(["a", "b", "c"])

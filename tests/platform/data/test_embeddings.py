@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from seqctr.platform.config import EmbedConfig
-from seqctr.platform.embeddings import (
+from seqctr.platform.data.contract import DataError
+from seqctr.platform.data.embeddings import (
     EMBEDDINGS_FILE,
     META_FILE,
     TINY_MODEL,
@@ -31,7 +32,6 @@ from seqctr.platform.embeddings import (
     resolve_encoder_path,
     tokenize_texts,
 )
-from seqctr.platform.schema import DataError
 
 MAX_LENGTH = 16
 LONG_TEXT = "a very long product description " * 40

@@ -9,9 +9,9 @@ import torch
 from transformers import BertConfig, BertModel
 
 from seqctr.platform.config import ModelConfig
-from seqctr.platform.features import AGE_BUCKETS
-from seqctr.platform.metrics import auc
-from seqctr.platform.model import CTRModel, build_model
+from seqctr.platform.model.ctr import CTRModel, build_model
+from seqctr.platform.model.features import AGE_BUCKETS
+from seqctr.platform.model.metrics import auc
 
 NUM_ITEMS, TEXT_DIM, BUCKETS = 30, 6, 64
 

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from seqctr.platform.io import filesystem_for, is_uri
+from seqctr.platform.storage import filesystem_for, is_uri
 
 EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "label")
 ITEM_COLUMNS = ("item_id", "text")

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from seqctr.platform.config import ExperimentConfig, config_from_dict
-from seqctr.platform.io import atomic_dir, atomic_write_text
+from seqctr.platform.storage import atomic_dir, atomic_write_text
 
 MANIFEST = "manifest.json"
 TEXT_TABLE_KEY = "text_table"

@@ -32,9 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from seqctr.platform.features import ItemIndex
-from seqctr.platform.io import atomic_dir, atomic_write_text, filesystem_for, is_uri
-from seqctr.platform.schema import (
+from seqctr.platform.data.contract import (
     EVENT_COLUMNS,
     DataError,
     list_parquet_files,
@@ -43,6 +41,8 @@ from seqctr.platform.schema import (
     validate_events,
     validate_items,
 )
+from seqctr.platform.model.features import ItemIndex
+from seqctr.platform.storage import atomic_dir, atomic_write_text, filesystem_for, is_uri
 
 SAMPLES_FORMAT = "seqctr.samples/v2"  # v2: history_ts beside history
 SUCCESS_FILE = "_SUCCESS"

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from seqctr.platform.schema import DataError, list_parquet_files, validate_events, validate_items
+from seqctr.platform.data.contract import DataError, list_parquet_files, validate_events, validate_items
 
 
 def _events(**overrides) -> pa.Table:

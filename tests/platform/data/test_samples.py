@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqctr.platform.features import ItemIndex
-from seqctr.platform.samples import (
+from seqctr.platform.data.contract import DataError
+from seqctr.platform.data.samples import (
     boundaries_from_sketch,
     build_and_write,
     build_fingerprint,
@@ -22,7 +22,7 @@ from seqctr.platform.samples import (
     samples_from_events,
     split_by_time,
 )
-from seqctr.platform.schema import DataError
+from seqctr.platform.model.features import ItemIndex
 
 # (user, item, timestamp, label), deliberately out of order.
 HAND_LOG = [

@@ -1,0 +1,1 @@
+"""The `seqctr` command line: the only package that imports typer (`seqctr.cli.main:app`)."""
