@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from observable_baseline import observable_baseline  # bench/ is on sys.path when run as a script
 
 from seqctr.platform.config import SyntheticConfig
-from seqctr.platform.data.synthetic import generate_synthetic, observable_baseline, oracle_auc
+from seqctr.platform.data.synthetic import generate_synthetic, oracle_auc
 
 
 def bare_write_events_per_s(n_rows: int, chunk: int, out: Path) -> float:

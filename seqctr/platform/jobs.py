@@ -18,19 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from seqctr.platform.runtime import WORKER_ENV
+
 ADDRESS_ENV = "RAY_ADDRESS"
 TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
-# Set in every job: Ray Train's v2 API, and no model downloads from inside a cluster job.
+# Set in every job: the workers' environment (one list, runtime.WORKER_ENV), plus
 # RAY_OVERRIDE_JOB_RUNTIME_ENV: the job's driver calls ray.init with its own runtime_env (the same env
 # vars); without it Ray refuses to merge the two ("same environment variable keys is not allowed").
-JOB_ENV_VARS = {
-    "RAY_TRAIN_V2_ENABLED": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
-}
+JOB_ENV_VARS = {**WORKER_ENV, "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
 # Never shipped: environments, outputs, caches (gitwildmatch patterns relative to the working dir).
 # No trailing slashes: Ray matches folder paths without one, and a matched folder is not walked at all.
 DEFAULT_EXCLUDES = [

@@ -592,8 +592,9 @@ def _alias_stack(history: list[dict[str, Any]], alias: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------- resolution
 def data_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 over a dataset's files (relative name + bytes; a file, folder or URI), for lineage records.
+    """sha256 over a dataset's file stamps (relative name, size, mtime; a file, folder or URI), for lineage.
 
+    Stamps, not bytes: a fingerprint of a 100 GB log on S3 costs one listing, not a download.
     Hidden and `_`-prefixed files (e.g. _SUCCESS, .crc) are skipped, so the same data gives the same value.
     """
     fs, base = filesystem_for(path)
@@ -613,7 +614,7 @@ def data_fingerprint(path: str | os.PathLike) -> str:
         ]
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda i: i.path):
-        digest.update(f"{os.path.relpath(file.path, base)}\0{_sha256_stream(fs, file.path)}\n".encode())
+        digest.update(f"{os.path.relpath(file.path, base)}\0{file.size}\0{file.mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

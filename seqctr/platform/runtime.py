@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-# Environment every Ray worker needs: Train V2, no hub downloads, no tokenizer thread pools.
+# Environment every Ray worker needs (local Ray, cluster jobs, tests): Train V2, no hub downloads, no
+# tokenizer thread pools. (Ray Data's progress bars are turned off in each driver: quiet_ray_data.)
 WORKER_ENV = {
     "RAY_TRAIN_V2_ENABLED": "1",
     "HF_HUB_OFFLINE": "1",

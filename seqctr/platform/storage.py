@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -26,6 +27,17 @@ def filesystem_for(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     if is_uri(path):
         return pafs.FileSystem.from_uri(str(path))
     return pafs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def file_stamps(files: list[str]) -> list[list[Any]]:
+    """(path, size, mtime_ns) per file: one metadata call each (no bytes read, cheap on object storage),
+    and it changes whenever a file is rewritten. The basis of every cache key and lineage fingerprint."""
+    stamps = []
+    for file in files:
+        fs, inner = filesystem_for(file)
+        info = fs.get_file_info(inner)
+        stamps.append([file, info.size, info.mtime_ns])
+    return stamps
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -6,7 +6,6 @@ as Ray object references, so large tables travel through the object store, not t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +20,7 @@ from seqctr.platform.data.embeddings import embed_items, load_bert, load_embeddi
 from seqctr.platform.model.checkpoint import read_checkpoint
 from seqctr.platform.model.ctr import CTRModel
 from seqctr.platform.model.features import ItemIndex
-
-BERT_CONFIG_FILE = "bert_config.json"
+from seqctr.platform.model.predictor import BERT_CONFIG_FILE
 
 
 @dataclass
@@ -115,8 +113,3 @@ def warm_start_state(checkpoint_dir: str, model: CTRModel, index: ItemIndex) -> 
         if key in own and own[key].shape == tensor.shape:
             state[key] = tensor
     return state
-
-
-def bert_config_json(assets: ModelAssets) -> str | None:
-    cfg = assets.extra_json.get(BERT_CONFIG_FILE)
-    return json.dumps(cfg) if cfg else None

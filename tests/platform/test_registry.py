@@ -363,7 +363,7 @@ def test_registry_on_an_object_store_filesystem(ckpts: dict[float, Path], tmp_pa
     assert reg.local_checkpoint("ctr@production") == local  # cached
 
 
-def test_data_fingerprint_follows_content_not_bookkeeping(tmp_path: Path) -> None:
+def test_data_fingerprint_follows_file_stamps_not_bookkeeping(tmp_path: Path) -> None:
     data = tmp_path / "events"
     (data / "day=1").mkdir(parents=True)
     (data / "day=1" / "part-0.parquet").write_bytes(b"abc")

@@ -28,7 +28,7 @@ import torch
 
 from seqctr.platform.config import EmbedConfig
 from seqctr.platform.data.contract import ITEM_COLUMNS, DataError, list_parquet_files, open_parquet, validate_items
-from seqctr.platform.storage import atomic_dir, atomic_write_text, filesystem_for
+from seqctr.platform.storage import atomic_dir, atomic_write_text, file_stamps
 
 TINY_MODEL = "tiny-random-bert"  # sentinel path of the tiny random BERT used by tests
 EMBEDDINGS_FILE = "embeddings.parquet"
@@ -201,20 +201,10 @@ def _check_unique_ids(files: list[str]) -> None:
             seen[item_id] = file
 
 
-def _file_stamps(files: list[str]) -> list[list[Any]]:
-    """(path, size, mtime_ns) of every item file: cheap to read, changes whenever a file is rewritten."""
-    stamps = []
-    for file in files:
-        fs, inner = filesystem_for(file)
-        info = fs.get_file_info(inner)
-        stamps.append([file, info.size, info.mtime_ns])
-    return stamps
-
-
 def fingerprint(files: list[str], model_path: str, cfg: EmbedConfig) -> str:
     """sha256 over the item files (path, size, mtime) and every setting that changes a vector."""
     payload = {
-        "files": _file_stamps(files),
+        "files": file_stamps(files),
         "model": cfg.model,
         "model_path": model_path,
         "model_files": _model_stamp(model_path),

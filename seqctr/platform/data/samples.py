@@ -42,7 +42,7 @@ from seqctr.platform.data.contract import (
     validate_items,
 )
 from seqctr.platform.model.features import ItemIndex
-from seqctr.platform.storage import atomic_dir, atomic_write_text, filesystem_for, is_uri
+from seqctr.platform.storage import atomic_dir, atomic_write_text, file_stamps, filesystem_for, is_uri
 
 SAMPLES_FORMAT = "seqctr.samples/v2"  # v2: history_ts beside history
 SUCCESS_FILE = "_SUCCESS"
@@ -366,22 +366,12 @@ def _stage(message: str) -> None:
     print(f"[seqctr.data] {message}", file=sys.stderr, flush=True)
 
 
-def _file_stamps(files: list[str]) -> list[list[Any]]:
-    """(path, size, mtime_ns) per file: cheap to read, changes whenever a file is rewritten."""
-    stamps = []
-    for file in files:
-        fs, inner = filesystem_for(file)
-        info = fs.get_file_info(inner)
-        stamps.append([file, info.size, info.mtime_ns])
-    return stamps
-
-
 def build_fingerprint(events_files: list[str], items_files: list[str], params: dict[str, Any]) -> str:
     """sha256 over input files (path, size, mtime), the build parameters and the output format."""
     payload = {
         "format": SAMPLES_FORMAT,
-        "events": _file_stamps(events_files),
-        "items": _file_stamps(items_files),
+        "events": file_stamps(events_files),
+        "items": file_stamps(items_files),
         "params": params,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()

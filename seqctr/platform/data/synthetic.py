@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from seqctr.platform.config import SyntheticConfig
+from seqctr.platform.model.metrics import auc
 from seqctr.platform.storage import atomic_dir
 
 # Hand-written category word lists (real English words, unique across categories).
@@ -339,22 +340,6 @@ def generate_synthetic(cfg: SyntheticConfig, out: str | Path, process: ClickProc
             "events_path": str(out / "events"), "items_path": str(out / "items" / "items.parquet")}
 
 
-def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC by average ranks (ties count one half)."""
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    n_pos = int((labels == 1).sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUC needs both labels; got {n_pos} positives and {n_neg} negatives")
-    order = np.argsort(scores, kind="stable")
-    s = scores[order]
-    new = np.r_[True, s[1:] != s[:-1]]
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], len(s)]
-    ranks = ((starts + ends + 1) / 2.0)[np.cumsum(new) - 1]  # 1-based average rank of each tie group
-    return float((ranks[labels[order] == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def read_columns(path: str | Path, columns: list[str]) -> dict[str, np.ndarray]:
     """Columns of a Parquet file or folder of files as numpy arrays; errors name the file and column."""
     path = Path(path)
@@ -382,69 +367,4 @@ def oracle_auc(events_path: str | Path) -> float:
     if bad.any():
         raise ValueError(f"{events_path}: column 'label' must be 0/1; row {int(np.argmax(bad))} "
                          f"(counting across files in name order) is {cols['label'][bad][0]}")
-    return auc_score(cols["label"], cols["p_true"])
-
-
-def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 25) -> np.ndarray:
-    """Newton-Raphson logistic regression (x includes a bias column); small and dependency-free."""
-    beta = np.zeros(x.shape[1])
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(x @ beta)))
-        grad = x.T @ (p - y) + l2 * len(y) * beta
-        hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * len(y) * np.eye(x.shape[1])
-        step = np.linalg.solve(hess, grad)
-        beta -= step
-        if np.abs(step).max() < 1e-6:
-            break
-    return beta
-
-
-def observable_baseline(events_path: str | Path, items_path: str | Path, max_history: int = 30,
-                        train_fraction: float = 0.8, test_fraction: float = 0.1) -> dict:
-    """How much of the oracle's lift is reachable from what a model sees: a logistic regression on
-    the categories of the user's earlier clicks (last 1/3/10/`max_history`) and the item's train CTR,
-    fitted on the oldest `train_fraction` by time and scored on the newest `test_fraction`."""
-    ev = read_columns(events_path, ["user_id", "item_id", "timestamp", "label", "p_true"])
-    it = read_columns(items_path, ["item_id", "category"])
-    item_row = pc.index_in(pa.array(ev["item_id"]), pa.array(it["item_id"]))
-    if item_row.null_count:
-        raise ValueError(f"{events_path}: column 'item_id' has {item_row.null_count} ids not in {items_path}")
-    cat_codes = pc.dictionary_encode(pa.array(it["category"])).indices.to_numpy()
-    cat = cat_codes[item_row.to_numpy()]
-    item = item_row.to_numpy()
-    user = pc.dictionary_encode(pa.array(ev["user_id"])).indices.to_numpy()
-    n, n_cats = len(cat), int(cat_codes.max()) + 1
-    time_rank = np.empty(n, dtype=np.int64)
-    time_rank[np.argsort(ev["timestamp"], kind="stable")] = np.arange(n)
-    train = time_rank < int(train_fraction * n)
-    test = time_rank >= int((1 - test_fraction) * n)
-    label = ev["label"].astype(np.float64)
-
-    order = np.lexsort((ev["timestamp"], user))  # user-major, oldest first
-    u, c, y = user[order], cat[order], ev["label"][order].astype(np.int64)
-    before = np.cumsum(y) - y  # clicks strictly earlier in the whole sorted log
-    user_first = np.r_[True, u[1:] != u[:-1]]
-    offset = np.maximum.accumulate(np.where(user_first, before, 0))
-    n_hist = before - offset  # the user's earlier clicks
-    counts = np.zeros((int(y.sum()) + 1, n_cats), dtype=np.int32)  # per-category running click counts
-    np.cumsum(np.eye(n_cats, dtype=np.int32)[c[y == 1]], axis=0, out=counts[1:])
-
-    def share(k: int) -> np.ndarray:
-        lo = np.maximum(before - k, offset)
-        return (counts[before, c] - counts[lo, c]) / np.maximum(before - lo, 1)
-
-    feats = [share(1), share(3), share(10), share(max_history), np.log1p(np.minimum(n_hist, max_history))]
-    feats += [feats[0] * feats[1], feats[1] * feats[2], feats[2] * feats[3]]
-    x = np.empty((n, len(feats) + 2))
-    x[order, : len(feats)] = np.stack(feats, axis=1)
-    clicks = np.bincount(item[train], weights=label[train], minlength=len(cat_codes))
-    shows = np.bincount(item[train], minlength=len(cat_codes))
-    prior = label[train].mean()
-    item_ctr = (clicks + 20 * prior) / (shows + 20)
-    x[:, -2] = np.log(item_ctr / (1 - item_ctr))[item]
-    x[:, -1] = 1.0
-    beta = _fit_logistic(x[train], label[train])
-    auc = auc_score(ev["label"][test], x[test] @ beta)
-    oracle = auc_score(ev["label"][test], ev["p_true"][test])
-    return {"auc": auc, "oracle_auc": oracle, "ratio": (auc - 0.5) / (oracle - 0.5),
-            "train_rows": int(train.sum()), "test_rows": int(test.sum())}
+    return auc(cols["label"], cols["p_true"])
