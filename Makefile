@@ -1,4 +1,5 @@
 # seqctr: make demo (set-up + the main job on the embedded default) · make test · make bench · make lint
+# make lint: ruff (lint + format) and the import-linter layer contract in pyproject.toml
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SEQCTR := $(VENV)/bin/seqctr
@@ -25,6 +26,8 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) bench/run_all.py

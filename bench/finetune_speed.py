@@ -47,8 +47,13 @@ def make_model(name: str, items: int, trainable: int, cache: bool) -> CTRModel:
     bert = load_bert(name)
     cfg = ModelConfig(bert_trainable_layers=trainable)
     torch.manual_seed(0)
-    model = CTRModel(cfg, len(titles), bert.config.hidden_size, bert=bert,
-                     item_tokens=(torch.from_numpy(ids), torch.from_numpy(mask)))
+    model = CTRModel(
+        cfg,
+        len(titles),
+        bert.config.hidden_size,
+        bert=bert,
+        item_tokens=(torch.from_numpy(ids), torch.from_numpy(mask)),
+    )
     if not cache:
         model.items.frozen_cache_bytes = 0
     return model.train()
@@ -60,9 +65,16 @@ def batches(items: int, steps: int, batch: int, length: int, seed: int = 0) -> l
     for _ in range(steps):
         hist = torch.randint(2, items + 2, (batch, length), generator=g)
         target = torch.randint(2, items + 2, (batch,), generator=g)
-        out.append({"hist_idx": hist, "hist_bucket": hist % 1000 + 1, "hist_len": torch.full((batch,), length),
-                    "target_idx": target, "target_bucket": target % 1000 + 1,
-                    "label": (torch.rand(batch, generator=g) < 0.2).float()})
+        out.append(
+            {
+                "hist_idx": hist,
+                "hist_bucket": hist % 1000 + 1,
+                "hist_len": torch.full((batch,), length),
+                "target_idx": target,
+                "target_bucket": target % 1000 + 1,
+                "label": (torch.rand(batch, generator=g) < 0.2).float(),
+            }
+        )
     return out
 
 

@@ -24,8 +24,13 @@ from seqctr.platform.data.synthetic import generate_synthetic, read_columns
 from seqctr.platform.model.metrics import auc
 
 
-def observable_baseline(events_path: str | Path, items_path: str | Path, max_history: int = 30,
-                        train_fraction: float = 0.8, test_fraction: float = 0.1) -> dict:
+def observable_baseline(
+    events_path: str | Path,
+    items_path: str | Path,
+    max_history: int = 30,
+    train_fraction: float = 0.8,
+    test_fraction: float = 0.1,
+) -> dict:
     """How much of the oracle's lift is reachable from what a model sees: a logistic regression on
     the categories of the user's earlier clicks (last 1/3/10/`max_history`) and the item's train CTR,
     fitted on the oldest `train_fraction` by time and scored on the newest `test_fraction`."""
@@ -71,8 +76,13 @@ def observable_baseline(events_path: str | Path, items_path: str | Path, max_his
     fit = LogisticRegression(C=1.0 / (1e-3 * int(train.sum())), max_iter=200).fit(x[train, :-1], label[train])
     base = auc(ev["label"][test], fit.decision_function(x[test, :-1]))
     oracle = auc(ev["label"][test], ev["p_true"][test])
-    return {"auc": base, "oracle_auc": oracle, "ratio": (base - 0.5) / (oracle - 0.5),
-            "train_rows": int(train.sum()), "test_rows": int(test.sum())}
+    return {
+        "auc": base,
+        "oracle_auc": oracle,
+        "ratio": (base - 0.5) / (oracle - 0.5),
+        "train_rows": int(train.sum()),
+        "test_rows": int(test.sum()),
+    }
 
 
 def main() -> None:

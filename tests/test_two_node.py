@@ -368,9 +368,7 @@ def test_seqctr_train_puts_one_worker_on_each_node(two_nodes, cli, monkeypatch, 
         filters=[("class_name", "=", "RayTrainWorker"), ("job_id", "=", ray_job_id)],
         detail=True,
     )
-    by_node = {
-        name: sorted(w.pid for w in workers if w.node_id == node) for name, node in two_nodes.node_ids.items()
-    }
+    by_node = {name: sorted(w.pid for w in workers if w.node_id == node) for name, node in two_nodes.node_ids.items()}
     started = re.findall(r"pid=(\d+)\) world_rank=(\d+)", followed_output)  # the controller's log
     ranks = {int(pid): int(rank) for pid, rank in started}
     placement = {name: [(pid, ranks.get(pid)) for pid in pids] for name, pids in by_node.items()}

@@ -33,9 +33,7 @@ from seqctr.platform.jobs import (
 # `seqctr submit seqctr train --config x` works even without the `--` separator.
 SUBMIT_CONTEXT_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 
-AddressOpt = typer.Option(
-    None, "--address", "-a", help="Ray Jobs API, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)."
-)
+AddressOpt = typer.Option(None, "--address", "-a", help="Ray Jobs API, e.g. http://HEAD:8265 (default: $RAY_ADDRESS).")
 
 
 def _write(chunk: str) -> None:

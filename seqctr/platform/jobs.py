@@ -85,9 +85,7 @@ def find_project_root(start: str | Path | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / "seqctr" / "__init__.py").is_file() and (folder / "pyproject.toml").is_file():
             return folder
-    raise JobError(
-        f"no seqctr project at or above {here}: run from the project root or pass --working-dir PATH"
-    )
+    raise JobError(f"no seqctr project at or above {here}: run from the project root or pass --working-dir PATH")
 
 
 def check_working_dir(working_dir: str | Path) -> Path:

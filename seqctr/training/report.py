@@ -69,9 +69,7 @@ def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def write_report(
-    out: Path, checkpoint: str, test: dict[str, Any], history: list[dict[str, Any]]
-) -> dict[str, str]:
+def write_report(out: Path, checkpoint: str, test: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, str]:
     """Write the report folder atomically and print the metrics table."""
     labels, probs = test["arrays"]["label"], test["arrays"]["prob"]
     metrics = test["metrics"]

@@ -62,9 +62,7 @@ def make_datasets(cfg: ExperimentConfig, index_json: str) -> dict[str, ray.data.
         samples = read_samples(cfg.data.samples, split)
         if split == "train" and cfg.train.max_train_samples:
             samples = samples.limit(cfg.train.max_train_samples)
-        datasets[split] = encode_dataset(
-            samples, index_json, cfg.model.id_buckets, cfg.data.max_seq_len
-        ).materialize()
+        datasets[split] = encode_dataset(samples, index_json, cfg.model.id_buckets, cfg.data.max_seq_len).materialize()
     return datasets
 
 
@@ -116,9 +114,7 @@ def best_checkpoint_path(result: Any) -> str:
     return max(scored, key=lambda s: s[0])[1]
 
 
-def run_training(
-    cfg: ExperimentConfig, resume: bool = False, init_from: str | None = None
-) -> dict[str, Any]:
+def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | None = None) -> dict[str, Any]:
     """Train, pick the best checkpoint by val AUC, evaluate it on test, write the report."""
     from seqctr.training.evaluation import evaluate_checkpoint_on_split
     from seqctr.training.report import write_report

@@ -114,13 +114,15 @@ def _trial_table(results: Any, max_epochs: int) -> pd.DataFrame:
         status = "error" if result.error else ("completed" if epochs >= max_epochs else "stopped early")
         if not result.error and epochs and history.iloc[-1].get("should_stop", False):
             status = "early-stopped (patience)"
-        rows.append({
-            "trial_id": (result.metrics or {}).get("trial_id", Path(result.path).name),
-            **{f"config/{k}": v for k, v in (result.config or {}).items()},
-            "val_auc": float(auc.max()) if epochs else float("nan"),
-            "epochs": epochs,
-            "status": status,
-        })
+        rows.append(
+            {
+                "trial_id": (result.metrics or {}).get("trial_id", Path(result.path).name),
+                **{f"config/{k}": v for k, v in (result.config or {}).items()},
+                "val_auc": float(auc.max()) if epochs else float("nan"),
+                "epochs": epochs,
+                "status": status,
+            }
+        )
     return pd.DataFrame(rows).sort_values("val_auc", ascending=False, na_position="last")
 
 
@@ -230,9 +232,7 @@ def run_campaign(
     return summary
 
 
-def register_best(
-    cfg: ExperimentConfig, checkpoint: str, run_id: str, trial_params: dict[str, Any]
-) -> dict[str, Any]:
+def register_best(cfg: ExperimentConfig, checkpoint: str, run_id: str, trial_params: dict[str, Any]) -> dict[str, Any]:
     """Register the winner with its lineage; move `production` only if it beats the current one."""
     from seqctr.platform.registry import Registry, data_fingerprint
 
@@ -255,4 +255,3 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "__dict__"):
         return {k: _plain(v) for k, v in vars(value).items()}
     return value
-

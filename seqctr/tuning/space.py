@@ -34,7 +34,7 @@ def build_search_space(cfg: ExperimentConfig) -> dict[str, Any]:
     for key, spec in cfg.tune.space.items():
         if len(spec) != 1:
             raise ConfigError(f"tune.space.{key}: expected one of {sorted(SAMPLERS)}, got {sorted(spec)}")
-        (kind, args), = spec.items()
+        ((kind, args),) = spec.items()
         if kind not in SAMPLERS:
             raise ConfigError(f"tune.space.{key}: unknown sampler '{kind}' (use one of {sorted(SAMPLERS)})")
         if kind != "choice" and len(args) < 2:
@@ -64,7 +64,7 @@ def base_point(cfg: ExperimentConfig) -> dict[str, Any]:
         value: Any = flat
         for part in key.split("."):
             value = value[part]
-        (kind, args), = spec.items()
+        ((kind, args),) = spec.items()
         inside = value in args if kind == "choice" else args[0] <= value <= args[1]
         if inside:
             point[key] = value

@@ -380,8 +380,6 @@ def test_data_fingerprint_follows_file_stamps_not_bookkeeping(tmp_path: Path) ->
 
 
 def test_cli_module_imports_neither_torch_nor_ray() -> None:
-    code = (
-        "import sys, seqctr.cli.models; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
-    )
+    code = "import sys, seqctr.cli.models; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

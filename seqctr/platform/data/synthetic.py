@@ -27,57 +27,357 @@ from seqctr.platform.storage import atomic_dir
 
 # Hand-written category word lists (real English words, unique across categories).
 CATEGORY_WORDS: dict[str, tuple[str, ...]] = {
-    "sports": ("football", "soccer", "tennis", "marathon", "stadium", "goalkeeper", "tournament",
-               "athlete", "referee", "basketball", "sprint", "championship"),
-    "cooking": ("recipe", "pasta", "garlic", "oven", "baking", "soup", "chef", "kitchen", "roast",
-                "spices", "dessert", "bread"),
-    "travel": ("beach", "passport", "hotel", "flight", "island", "luggage", "resort", "cruise",
-               "airport", "backpack", "tourist", "itinerary"),
-    "technology": ("laptop", "software", "smartphone", "processor", "gadget", "wireless", "keyboard",
-                   "robot", "server", "chip", "app", "startup"),
-    "music": ("guitar", "concert", "piano", "album", "melody", "drummer", "orchestra", "singer",
-              "jazz", "lyrics", "violin", "symphony"),
-    "movies": ("cinema", "actor", "director", "trailer", "sequel", "screenplay", "hollywood",
-               "premiere", "thriller", "documentary", "blockbuster", "studio"),
-    "fashion": ("dress", "sneakers", "jacket", "designer", "runway", "denim", "handbag", "jewelry",
-                "boutique", "scarf", "outfit", "silk"),
-    "finance": ("stocks", "investment", "bank", "mortgage", "savings", "dividend", "portfolio",
-                "budget", "loan", "crypto", "pension", "tax"),
-    "health": ("fitness", "vitamin", "doctor", "sleep", "nutrition", "therapy", "vaccine", "clinic",
-               "cardio", "wellness", "diet", "hospital"),
-    "gardening": ("tomato", "seeds", "compost", "roses", "shovel", "greenhouse", "soil", "tulips",
-                  "orchard", "hedge", "fertilizer", "lawn"),
-    "pets": ("puppy", "kitten", "aquarium", "leash", "veterinarian", "parrot", "hamster", "grooming",
-             "kennel", "dog", "cat", "treats"),
-    "cars": ("engine", "sedan", "tires", "mechanic", "convertible", "horsepower", "dealership",
-             "garage", "turbo", "brakes", "motorcycle", "pickup"),
-    "science": ("physics", "telescope", "molecule", "laboratory", "galaxy", "chemistry", "experiment",
-                "fossil", "quantum", "microscope", "genome", "astronomy"),
-    "books": ("novel", "author", "chapter", "library", "poetry", "bestseller", "paperback", "memoir",
-              "fiction", "publisher", "bookstore", "literature"),
-    "gaming": ("console", "joystick", "multiplayer", "arcade", "esports", "controller", "quest",
-               "pixel", "streamer", "dungeon", "gamer", "speedrun"),
-    "home": ("sofa", "furniture", "curtains", "carpet", "lamp", "mattress", "renovation", "wallpaper",
-             "bedroom", "cabinet", "decor", "pillow"),
-    "art": ("painting", "canvas", "sculpture", "gallery", "museum", "portrait", "watercolor", "sketch",
-            "exhibition", "easel", "mural", "ceramics"),
-    "history": ("empire", "medieval", "castle", "pharaoh", "revolution", "dynasty", "archive",
-                "ancient", "battle", "knight", "monarchy", "artifact"),
-    "weather": ("storm", "rainfall", "forecast", "hurricane", "snowfall", "thunder", "humidity",
-                "drought", "tornado", "heatwave", "blizzard", "monsoon"),
-    "outdoors": ("hiking", "camping", "tent", "trail", "mountain", "canoe", "fishing", "campfire",
-                 "compass", "wilderness", "kayak", "summit"),
-    "parenting": ("toddler", "stroller", "diaper", "nursery", "babysitter", "preschool", "lullaby",
-                  "crib", "playground", "newborn", "toys", "homework"),
-    "beauty": ("lipstick", "skincare", "perfume", "mascara", "shampoo", "manicure", "salon",
-               "moisturizer", "makeup", "serum", "hairstyle", "cosmetics"),
-    "drinks": ("espresso", "wine", "cocktail", "brewery", "latte", "whiskey", "tea", "smoothie",
-               "lemonade", "vineyard", "barista", "champagne"),
-    "politics": ("election", "senate", "parliament", "candidate", "ballot", "campaign", "policy",
-                 "minister", "debate", "congress", "governor", "vote"),
+    "sports": (
+        "football",
+        "soccer",
+        "tennis",
+        "marathon",
+        "stadium",
+        "goalkeeper",
+        "tournament",
+        "athlete",
+        "referee",
+        "basketball",
+        "sprint",
+        "championship",
+    ),
+    "cooking": (
+        "recipe",
+        "pasta",
+        "garlic",
+        "oven",
+        "baking",
+        "soup",
+        "chef",
+        "kitchen",
+        "roast",
+        "spices",
+        "dessert",
+        "bread",
+    ),
+    "travel": (
+        "beach",
+        "passport",
+        "hotel",
+        "flight",
+        "island",
+        "luggage",
+        "resort",
+        "cruise",
+        "airport",
+        "backpack",
+        "tourist",
+        "itinerary",
+    ),
+    "technology": (
+        "laptop",
+        "software",
+        "smartphone",
+        "processor",
+        "gadget",
+        "wireless",
+        "keyboard",
+        "robot",
+        "server",
+        "chip",
+        "app",
+        "startup",
+    ),
+    "music": (
+        "guitar",
+        "concert",
+        "piano",
+        "album",
+        "melody",
+        "drummer",
+        "orchestra",
+        "singer",
+        "jazz",
+        "lyrics",
+        "violin",
+        "symphony",
+    ),
+    "movies": (
+        "cinema",
+        "actor",
+        "director",
+        "trailer",
+        "sequel",
+        "screenplay",
+        "hollywood",
+        "premiere",
+        "thriller",
+        "documentary",
+        "blockbuster",
+        "studio",
+    ),
+    "fashion": (
+        "dress",
+        "sneakers",
+        "jacket",
+        "designer",
+        "runway",
+        "denim",
+        "handbag",
+        "jewelry",
+        "boutique",
+        "scarf",
+        "outfit",
+        "silk",
+    ),
+    "finance": (
+        "stocks",
+        "investment",
+        "bank",
+        "mortgage",
+        "savings",
+        "dividend",
+        "portfolio",
+        "budget",
+        "loan",
+        "crypto",
+        "pension",
+        "tax",
+    ),
+    "health": (
+        "fitness",
+        "vitamin",
+        "doctor",
+        "sleep",
+        "nutrition",
+        "therapy",
+        "vaccine",
+        "clinic",
+        "cardio",
+        "wellness",
+        "diet",
+        "hospital",
+    ),
+    "gardening": (
+        "tomato",
+        "seeds",
+        "compost",
+        "roses",
+        "shovel",
+        "greenhouse",
+        "soil",
+        "tulips",
+        "orchard",
+        "hedge",
+        "fertilizer",
+        "lawn",
+    ),
+    "pets": (
+        "puppy",
+        "kitten",
+        "aquarium",
+        "leash",
+        "veterinarian",
+        "parrot",
+        "hamster",
+        "grooming",
+        "kennel",
+        "dog",
+        "cat",
+        "treats",
+    ),
+    "cars": (
+        "engine",
+        "sedan",
+        "tires",
+        "mechanic",
+        "convertible",
+        "horsepower",
+        "dealership",
+        "garage",
+        "turbo",
+        "brakes",
+        "motorcycle",
+        "pickup",
+    ),
+    "science": (
+        "physics",
+        "telescope",
+        "molecule",
+        "laboratory",
+        "galaxy",
+        "chemistry",
+        "experiment",
+        "fossil",
+        "quantum",
+        "microscope",
+        "genome",
+        "astronomy",
+    ),
+    "books": (
+        "novel",
+        "author",
+        "chapter",
+        "library",
+        "poetry",
+        "bestseller",
+        "paperback",
+        "memoir",
+        "fiction",
+        "publisher",
+        "bookstore",
+        "literature",
+    ),
+    "gaming": (
+        "console",
+        "joystick",
+        "multiplayer",
+        "arcade",
+        "esports",
+        "controller",
+        "quest",
+        "pixel",
+        "streamer",
+        "dungeon",
+        "gamer",
+        "speedrun",
+    ),
+    "home": (
+        "sofa",
+        "furniture",
+        "curtains",
+        "carpet",
+        "lamp",
+        "mattress",
+        "renovation",
+        "wallpaper",
+        "bedroom",
+        "cabinet",
+        "decor",
+        "pillow",
+    ),
+    "art": (
+        "painting",
+        "canvas",
+        "sculpture",
+        "gallery",
+        "museum",
+        "portrait",
+        "watercolor",
+        "sketch",
+        "exhibition",
+        "easel",
+        "mural",
+        "ceramics",
+    ),
+    "history": (
+        "empire",
+        "medieval",
+        "castle",
+        "pharaoh",
+        "revolution",
+        "dynasty",
+        "archive",
+        "ancient",
+        "battle",
+        "knight",
+        "monarchy",
+        "artifact",
+    ),
+    "weather": (
+        "storm",
+        "rainfall",
+        "forecast",
+        "hurricane",
+        "snowfall",
+        "thunder",
+        "humidity",
+        "drought",
+        "tornado",
+        "heatwave",
+        "blizzard",
+        "monsoon",
+    ),
+    "outdoors": (
+        "hiking",
+        "camping",
+        "tent",
+        "trail",
+        "mountain",
+        "canoe",
+        "fishing",
+        "campfire",
+        "compass",
+        "wilderness",
+        "kayak",
+        "summit",
+    ),
+    "parenting": (
+        "toddler",
+        "stroller",
+        "diaper",
+        "nursery",
+        "babysitter",
+        "preschool",
+        "lullaby",
+        "crib",
+        "playground",
+        "newborn",
+        "toys",
+        "homework",
+    ),
+    "beauty": (
+        "lipstick",
+        "skincare",
+        "perfume",
+        "mascara",
+        "shampoo",
+        "manicure",
+        "salon",
+        "moisturizer",
+        "makeup",
+        "serum",
+        "hairstyle",
+        "cosmetics",
+    ),
+    "drinks": (
+        "espresso",
+        "wine",
+        "cocktail",
+        "brewery",
+        "latte",
+        "whiskey",
+        "tea",
+        "smoothie",
+        "lemonade",
+        "vineyard",
+        "barista",
+        "champagne",
+    ),
+    "politics": (
+        "election",
+        "senate",
+        "parliament",
+        "candidate",
+        "ballot",
+        "campaign",
+        "policy",
+        "minister",
+        "debate",
+        "congress",
+        "governor",
+        "vote",
+    ),
 }
-GENERIC_WORDS: tuple[str, ...] = ("new", "best", "top", "guide", "ultimate", "classic", "daily",
-                                  "essential", "simple", "modern", "review", "tips")
+GENERIC_WORDS: tuple[str, ...] = (
+    "new",
+    "best",
+    "top",
+    "guide",
+    "ultimate",
+    "classic",
+    "daily",
+    "essential",
+    "simple",
+    "modern",
+    "review",
+    "tips",
+)
 
 
 @dataclass(frozen=True)
@@ -191,8 +491,20 @@ def _build_world(cfg: SyntheticConfig, proc: ClickProcess, vocab: list) -> _Worl
     sessions = np.maximum(counts / ((proc.session_min + proc.session_max) / 2), 1.0)
     gap_mean = np.maximum(span / sessions - proc.min_gap_s, 3600.0)
     start_ts = START_TS + rng.integers(0, 2 * 86400, n_users)
-    return _World(item_cat, quality, items_by_cat, sorted_cat + cdf, titles, interest_cat, interest_w,
-                  interest_cdf, counts, np.cumsum(counts), start_ts, gap_mean)
+    return _World(
+        item_cat,
+        quality,
+        items_by_cat,
+        sorted_cat + cdf,
+        titles,
+        interest_cat,
+        interest_w,
+        interest_cdf,
+        counts,
+        np.cumsum(counts),
+        start_ts,
+        gap_mean,
+    )
 
 
 @dataclass
@@ -212,8 +524,9 @@ def _pick_interest(world: _World, users: np.ndarray, u: np.ndarray) -> np.ndarra
     return world.interest_cat[users, np.minimum(col, 2)]
 
 
-def _chunk(world: _World, proc: ClickProcess, g0: int, g1: int, carry: _Carry, rng: np.random.Generator,
-           n_cats: int) -> tuple[dict[str, np.ndarray], _Carry]:
+def _chunk(
+    world: _World, proc: ClickProcess, g0: int, g1: int, carry: _Carry, rng: np.random.Generator, n_cats: int
+) -> tuple[dict[str, np.ndarray], _Carry]:
     """Rows [g0, g1) of the user-major log, continuing `carry`."""
     n = g1 - g0
     u_lo = int(np.searchsorted(world.user_end, g0, side="right"))
@@ -244,8 +557,11 @@ def _chunk(world: _World, proc: ClickProcess, g0: int, g1: int, carry: _Carry, r
     ev_user = users[ev_seg]
 
     # Intent: a Markov chain over a user's sessions; a fresh draw unless the session stays.
-    fresh = np.where(rng.random(n_sess) < proc.p_random_intent, rng.integers(0, n_cats, n_sess),
-                     _pick_interest(world, sess_user, rng.random(n_sess)))
+    fresh = np.where(
+        rng.random(n_sess) < proc.p_random_intent,
+        rng.integers(0, n_cats, n_sess),
+        _pick_interest(world, sess_user, rng.random(n_sess)),
+    )
     stay = rng.random(n_sess) < proc.p_stay
     stay[start_in_seg == 0] = False  # a user's first session
     if continued:
@@ -270,9 +586,15 @@ def _chunk(world: _World, proc: ClickProcess, g0: int, g1: int, carry: _Carry, r
     # Impressions and clicks.
     ev_intent = intent[ev_sess]
     r = rng.random(n)
-    cat = np.where(r < proc.p_show_intent, ev_intent,
-                   np.where(r < proc.p_show_intent + proc.p_show_interest,
-                            _pick_interest(world, ev_user, rng.random(n)), rng.integers(0, n_cats, n)))
+    cat = np.where(
+        r < proc.p_show_intent,
+        ev_intent,
+        np.where(
+            r < proc.p_show_intent + proc.p_show_interest,
+            _pick_interest(world, ev_user, rng.random(n)),
+            rng.integers(0, n_cats, n),
+        ),
+    )
     item = world.items_by_cat[np.searchsorted(world.cat_keys, cat + rng.random(n), side="right")]
     icat = world.item_cat[item]
     w = ((world.interest_cat[ev_user] == icat[:, None]) * world.interest_w[ev_user]).sum(axis=1)
@@ -286,8 +608,15 @@ def _chunk(world: _World, proc: ClickProcess, g0: int, g1: int, carry: _Carry, r
         out_carry.user, out_carry.intent, out_carry.last_ts = last_user, int(intent[-1]), int(ts[-1])
         out_carry.remaining = int(sess_start[-1] + lens[-1] - n)
         out_carry.session = int(session_id[-1])
-    cols = {"user": ev_user, "item": item, "timestamp": ts, "label": label, "p_true": p_true,
-            "session": session_id[ev_sess].astype(np.int32), "intent": ev_intent}
+    cols = {
+        "user": ev_user,
+        "item": item,
+        "timestamp": ts,
+        "label": label,
+        "p_true": p_true,
+        "session": session_id[ev_sess].astype(np.int32),
+        "intent": ev_intent,
+    }
     return cols, out_carry
 
 
@@ -302,8 +631,10 @@ def generate_synthetic(cfg: SyntheticConfig, out: str | Path, process: ClickProc
     Each folder is built beside its final place and renamed in, so readers never see half a log.
     """
     if cfg.items < cfg.categories:
-        raise ValueError(f"synthetic.items ({cfg.items}) must be >= synthetic.categories ({cfg.categories}) "
-                         "so every category has an item")
+        raise ValueError(
+            f"synthetic.items ({cfg.items}) must be >= synthetic.categories ({cfg.categories}) "
+            "so every category has an item"
+        )
     if "://" in str(out):
         raise ValueError(f"generate_synthetic writes a local folder; got the URI {out}")
     proc = process or ClickProcess()
@@ -320,24 +651,38 @@ def generate_synthetic(cfg: SyntheticConfig, out: str | Path, process: ClickProc
             g0, g1 = k * cfg.chunk_events, min((k + 1) * cfg.chunk_events, cfg.events)
             rng = np.random.default_rng([cfg.seed % 2**63, 1, k])
             cols, carry = _chunk(world, proc, g0, g1, carry, rng, cfg.categories)
-            table = pa.table({
-                "user_id": pc.take(user_names, pa.array(cols["user"])),
-                "item_id": pc.take(item_names, pa.array(cols["item"])),
-                "timestamp": pa.array(cols["timestamp"], type=pa.int64()),
-                "label": pa.array(cols["label"], type=pa.int8()),
-                "p_true": pa.array(cols["p_true"], type=pa.float64()),
-                "session": pa.array(cols["session"], type=pa.int32()),
-                "intent": pc.take(cat_names, pa.array(cols["intent"])),
-            })
+            table = pa.table(
+                {
+                    "user_id": pc.take(user_names, pa.array(cols["user"])),
+                    "item_id": pc.take(item_names, pa.array(cols["item"])),
+                    "timestamp": pa.array(cols["timestamp"], type=pa.int64()),
+                    "label": pa.array(cols["label"], type=pa.int8()),
+                    "p_true": pa.array(cols["p_true"], type=pa.float64()),
+                    "session": pa.array(cols["session"], type=pa.int32()),
+                    "intent": pc.take(cat_names, pa.array(cols["intent"])),
+                }
+            )
             pq.write_table(table, tmp / f"part-{k:05d}.parquet")
-    items = pa.table({"item_id": item_names, "text": pa.array(world.titles, type=pa.string()),
-                      "category": pc.take(cat_names, pa.array(world.item_cat))})
+    items = pa.table(
+        {
+            "item_id": item_names,
+            "text": pa.array(world.titles, type=pa.string()),
+            "category": pc.take(cat_names, pa.array(world.item_cat)),
+        }
+    )
     with atomic_dir(out / "items") as tmp:
         pq.write_table(items, tmp / "items.parquet")
     seconds = time.perf_counter() - t0
-    return {"events": cfg.events, "users": int((world.counts > 0).sum()), "items": cfg.items,
-            "files": n_files, "seconds": seconds, "events_per_s": cfg.events / seconds,
-            "events_path": str(out / "events"), "items_path": str(out / "items" / "items.parquet")}
+    return {
+        "events": cfg.events,
+        "users": int((world.counts > 0).sum()),
+        "items": cfg.items,
+        "files": n_files,
+        "seconds": seconds,
+        "events_per_s": cfg.events / seconds,
+        "events_path": str(out / "events"),
+        "items_path": str(out / "items" / "items.parquet"),
+    }
 
 
 def read_columns(path: str | Path, columns: list[str]) -> dict[str, np.ndarray]:
@@ -365,6 +710,8 @@ def oracle_auc(events_path: str | Path) -> float:
     cols = read_columns(events_path, ["label", "p_true"])
     bad = ~np.isin(cols["label"], (0, 1))
     if bad.any():
-        raise ValueError(f"{events_path}: column 'label' must be 0/1; row {int(np.argmax(bad))} "
-                         f"(counting across files in name order) is {cols['label'][bad][0]}")
+        raise ValueError(
+            f"{events_path}: column 'label' must be 0/1; row {int(np.argmax(bad))} "
+            f"(counting across files in name order) is {cols['label'][bad][0]}"
+        )
     return auc(cols["label"], cols["p_true"])

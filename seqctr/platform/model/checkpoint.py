@@ -159,9 +159,7 @@ def read_checkpoint(path: str | Path, with_optimizer: bool = False) -> Checkpoin
     files = manifest["files"]
     config = config_from_dict(json.loads((path / "config.json").read_text()))
     metrics = json.loads((path / "metrics.json").read_text()) if "metrics.json" in files else {}
-    text_tables = (
-        load_file(str(path / "item_embeddings.safetensors")) if "item_embeddings.safetensors" in files else {}
-    )
+    text_tables = load_file(str(path / "item_embeddings.safetensors")) if "item_embeddings.safetensors" in files else {}
     contents = CheckpointContents(
         path=path,
         config=config,
