@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from seqctr.platform.config import ExperimentConfig
+from seqctr.platform.runs import POINTER_FILE, read_latest, run_root
 from seqctr.platform.storage import atomic_write_text
 
 # A small campaign: 3 trials x 2 epochs on a 40k-sample subsample of train (val stays whole, so the
@@ -65,13 +66,15 @@ def _train(cfg: ExperimentConfig) -> dict[str, Any]:
     from seqctr.training.trainer import run_training
     from seqctr.tuning.campaign import register_best
 
-    report = Path(cfg.train.storage_path) / cfg.train.run_name / "report" / "metrics.json"
-    if report.exists():
-        saved = json.loads(report.read_text())
+    root = run_root(cfg.train.storage_path, cfg.train.run_name)
+    if (root / POINTER_FILE).exists():
+        report = Path(read_latest(root)["run_dir"]) / "report" / "metrics.json"
+        saved = json.loads(report.read_text()) if report.exists() else {}
         if saved.get("config") == cfg.to_dict() and saved.get("registry"):
             print(f"reusing trained run {report.parent.parent} (registry {saved['registry']['version']})")
             return {"test": saved["test"], "best_checkpoint": saved["checkpoint"], "registry": saved["registry"]}
     result = run_training(cfg)
+    report = Path(result["run_dir"]) / "report" / "metrics.json"
     registry = register_best(cfg, result["best_checkpoint"], cfg.train.run_name, {})
     print(f"registered {cfg.registry.name}@{registry['version']}: {registry['promotion']}")
     merged = {**json.loads(report.read_text()), "config": cfg.to_dict(), "registry": registry}

@@ -301,7 +301,9 @@ def resolve_paths(cfg: ExperimentConfig, base: str | Path | None = None) -> Expe
     def fix(p: str) -> str:
         return p if not p or _is_uri(p) or p.startswith("registry://") else str((base / p).resolve())
 
+    model = cfg.embed.model  # "packaged", a Hugging Face id, or a local BERT folder (made absolute)
     overrides = {
+        "embed.model": str((base / model).resolve()) if model != "packaged" and (base / model).is_dir() else model,
         "data.events": fix(cfg.data.events),
         "data.items": fix(cfg.data.items),
         "data.samples": fix(cfg.data.samples),

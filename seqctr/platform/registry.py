@@ -39,6 +39,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from seqctr.platform.config import ExperimentConfig
+from seqctr.platform.runs import resolve_latest
 from seqctr.platform.storage import atomic_dir, atomic_write_text, filesystem_for, is_uri
 
 SCHEME = "registry://"
@@ -626,10 +627,12 @@ def default_registry_root(cfg: ExperimentConfig | None = None) -> str:
 
 
 def resolve_checkpoint_uri(uri: str, cfg: ExperimentConfig | None = None) -> str:
-    """`registry://NAME[@REF]`, a checkpoint folder or a pyarrow.fs URI -> a verified local checkpoint folder."""
+    """`registry://NAME[@REF]`, `RUNS/NAME/latest`, a checkpoint folder or a pyarrow.fs URI -> a verified local
+    checkpoint folder."""
     from seqctr.platform.model.checkpoint import CheckpointError
 
     uri = str(uri)
+    uri = resolve_latest(uri) or uri  # RUNS/NAME/latest: the latest finished run's best checkpoint
     if uri.startswith(SCHEME):
         parse_ref(uri)
         return Registry(default_registry_root(cfg)).local_checkpoint(uri)

@@ -2,16 +2,15 @@
 
     seqctr train --config configs/default.yaml [--set train.epochs=3] [--resume] [--init-from DIR]
 
-Builds (or reuses) the samples and the item embeddings, runs Ray Train, then evaluates the best
-checkpoint (by val AUC) on the test split and writes a report beside the run.
+Builds (or reuses) the samples and the item embeddings, runs Ray Train in a new run folder
+(train.storage_path/train.run_name/RUN_ID), then evaluates the best checkpoint (by val AUC) on the
+test split, writes a report beside the run and moves the `latest` pointer to it (platform/runs.py).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -21,6 +20,7 @@ from ray.train.torch import TorchTrainer
 from seqctr.platform.config import ExperimentConfig
 from seqctr.platform.data.samples import build_and_write, read_samples
 from seqctr.platform.model.features import ItemIndex
+from seqctr.platform.runs import new_run_id, newest_run, run_root, write_latest
 from seqctr.training.assets import ModelAssets, prepare_assets
 from seqctr.training.ingest import encode_dataset
 from seqctr.training.loop import train_loop_per_worker
@@ -95,16 +95,6 @@ def make_trainer(
     )
 
 
-def archive_previous_run(run_dir: Path) -> Path | None:
-    """A fresh run never silently continues (or destroys) an old one: the old folder is moved aside."""
-    if not run_dir.exists():
-        return None
-    archive = run_dir.parent / ".archive" / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(run_dir), str(archive))
-    return archive
-
-
 def best_checkpoint_path(result: Any) -> str:
     scored = [(m.get("val_auc", float("-inf")), c.path) for c, m in (result.best_checkpoints or [])]
     if not scored:
@@ -120,13 +110,13 @@ def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | N
     from seqctr.training.report import write_report
 
     started = time.perf_counter()
-    run_dir = Path(cfg.train.storage_path) / cfg.train.run_name
-    if not resume:
-        moved = archive_previous_run(run_dir)
-        if moved:
-            print(f"[seqctr] previous run moved to {moved}")
-    elif not run_dir.exists():
-        raise FileNotFoundError(f"--resume: no run to resume at {run_dir} (train.run_name)")
+    root = run_root(cfg.train.storage_path, cfg.train.run_name)
+    if resume:
+        run_dir = newest_run(root)
+        if run_dir is None:
+            raise FileNotFoundError(f"--resume: no run to resume under {root} (train.run_name)")
+    else:
+        run_dir = root / new_run_id()  # its own folder: an earlier run is never moved or overwritten
     parent_dir = None
     if init_from:
         from seqctr.platform.registry import resolve_checkpoint_uri
@@ -140,7 +130,9 @@ def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | N
     if parent_dir:
         assets.extra_json["lineage.json"] = {"parent": init_from, "parent_dir": parent_dir}
     print(f"[seqctr] stage 3/4: Ray Train ({cfg.train.num_workers} worker(s), use_gpu={cfg.train.use_gpu})")
-    trainer = make_trainer(cfg, assets, make_datasets(cfg, assets.index_json))
+    trainer = make_trainer(
+        cfg, assets, make_datasets(cfg, assets.index_json), storage_path=str(root), name=run_dir.name
+    )
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -149,8 +141,12 @@ def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | N
     test = evaluate_checkpoint_on_split(best, cfg.data.samples, "test")
     history = _history(result.checkpoint.path if result.checkpoint else best)
     report = write_report(run_dir / "report", best, test, history)
+    pointer = write_latest(
+        root, {"run_id": run_dir.name, "run_dir": str(run_dir), "best_checkpoint": best, "test": test["metrics"]}
+    )
     return {
         "run_dir": str(run_dir),
+        "latest": str(pointer),
         "best_checkpoint": best,
         "test": test["metrics"],
         "val": {k: v for k, v in history[-1].items() if k.startswith("val_")} if history else {},

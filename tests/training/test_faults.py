@@ -22,6 +22,7 @@ import pytest
 
 from seqctr.platform.config import ExperimentConfig, load_config, resolve_paths
 from seqctr.platform.data.synthetic import generate_synthetic
+from seqctr.platform.runs import newest_run
 from seqctr.training.trainer import run_training
 from seqctr.tuning.campaign import run_campaign
 
@@ -128,8 +129,8 @@ def run_and_kill(target: Callable[[], Any], run_dir_of: Callable[[], Path | None
 
 def test_training_survives_a_killed_worker(data_root: Path, undisturbed: dict[str, Any]) -> None:
     cfg = experiment(data_root, **{"train.run_name": "killed"})
-    run_dir = Path(cfg.train.storage_path) / cfg.train.run_name
-    out = run_and_kill(lambda: run_training(cfg), lambda: run_dir if run_dir.exists() else None)
+    root = Path(cfg.train.storage_path) / cfg.train.run_name
+    out = run_and_kill(lambda: run_training(cfg), lambda: newest_run(root))
     result = out["result"]
 
     assert [h["epoch"] for h in result["history"]] == list(range(EPOCHS))

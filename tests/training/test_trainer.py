@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,10 +12,13 @@ import torch
 from seqctr.platform.config import ExperimentConfig, load_config, resolve_paths
 from seqctr.platform.data.synthetic import generate_synthetic
 from seqctr.platform.model.checkpoint import read_checkpoint
+from seqctr.platform.registry import resolve_checkpoint_uri
+from seqctr.platform.runs import read_latest
 from seqctr.training.evaluation import evaluate_log, metrics_for, score_dataset
 from seqctr.training.trainer import run_training
 
 pytestmark = pytest.mark.slow
+TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
 
 
 def tiny_experiment(root: Path, **overrides) -> ExperimentConfig:
@@ -71,17 +75,68 @@ def test_evaluate_scores_a_raw_log_with_oracle(trained):
     assert out["auc"] > 0.6 and out["oracle_auc"] > 0.75
 
 
-def test_resume_continues_from_the_saved_epoch(ray_session, tmp_path):
+def test_resume_continues_from_the_saved_epoch_and_a_new_run_keeps_the_old(ray_session, tmp_path):
     cfg = tiny_experiment(tmp_path, **{"train.epochs": 1, "train.run_name": "resume"})
     generate_synthetic(cfg.data.synthetic, tmp_path / "work" / "data")
     first = run_training(cfg)
     assert first["epochs_run"] == 1
     longer = cfg.with_overrides({"train.epochs": 2})
     second = run_training(longer, resume=True)
-    assert second["epochs_run"] == 2
+    assert second["epochs_run"] == 2 and second["run_dir"] == first["run_dir"]
     # epoch 0 was restored, not retrained: its metrics are identical
     assert second["history"][0] == first["history"][0]
     assert second["history"][1]["epoch"] == 1
+    # A fresh run gets its own folder: the earlier one stays whole, `latest` moves to the new one.
+    before = tree_digest(Path(first["run_dir"]))
+    third = run_training(cfg)
+    assert third["run_dir"] != first["run_dir"] and tree_digest(Path(first["run_dir"])) == before
+    root = Path(cfg.train.storage_path) / "resume"
+    assert read_latest(root)["best_checkpoint"] == third["best_checkpoint"]
+    assert resolve_checkpoint_uri(str(root / "latest")) == third["best_checkpoint"]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under `root` by relative path -> sha256: equal means byte-for-byte unchanged."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--set", "data.events=work/data/no_such_events", "--config", TINY],
+        ["train", "--init-from", "registry://seqctr@no_such_alias", "--config", TINY],
+        ["train", "--set", "model.hidden_size=-1", "--config", TINY],
+        ["evaluate", "--checkpoint", "work/runs/tiny/no_such_run"],
+        ["data", "build", "--events", "work/data/no_such_events", "--config", TINY],
+        ["embed", "--items", "work/data/no_such_items", "--config", TINY],
+        ["tune", "--set", "data.events=work/data/no_such_events", "--config", TINY],
+        ["models", "promote", "seqctr", "v0099", "--config", TINY],
+        ["models", "rollback", "no_such_model", "--config", TINY],
+    ],
+    ids=lambda a: "-".join(a[:2]),
+)
+def test_a_refused_command_changes_nothing(trained, monkeypatch, args):
+    """Bad input stops before anything is written: run folders, pointer, registry and caches stay as they were."""
+    from typer.testing import CliRunner
+
+    from seqctr.cli.main import app
+    from seqctr.platform.registry import Registry
+
+    cfg, result = trained
+    work = Path(cfg.train.storage_path).parent
+    registry = Registry(cfg.registry.root)
+    if not (work / "registry").exists():
+        registry.register(cfg.registry.name, result["best_checkpoint"], run_id="tiny")
+    monkeypatch.chdir(work.parent)
+    before = tree_digest(work)
+    outcome = CliRunner().invoke(app, args)
+    assert outcome.exit_code == 2, outcome.output
+    assert any(line.startswith("error: ") for line in outcome.output.splitlines()), outcome.output
+    assert tree_digest(work) == before
 
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path):
