@@ -40,6 +40,14 @@ def file_stamps(files: list[str]) -> list[list[Any]]:
     return stamps
 
 
+def _default_file_mode() -> int:
+    """What open() would give a new file (0o666 less the umask): mkstemp's 0o600 would make our files
+    unreadable to the other users of a shared run folder, unlike every file Ray or pyarrow writes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +57,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
