@@ -72,7 +72,12 @@ def _train(cfg: ExperimentConfig) -> dict[str, Any]:
         saved = json.loads(report.read_text()) if report.exists() else {}
         if saved.get("config") == cfg.to_dict() and saved.get("registry"):
             print(f"reusing trained run {report.parent.parent} (registry {saved['registry']['version']})")
-            return {"test": saved["test"], "best_checkpoint": saved["checkpoint"], "registry": saved["registry"]}
+            return {
+                "test": saved["test"],
+                "best_checkpoint": saved["checkpoint"],
+                "registry": saved["registry"],
+                "run_dir": str(report.parent.parent),
+            }
     result = run_training(cfg)
     report = Path(result["run_dir"]) / "report" / "metrics.json"
     registry = register_best(cfg, result["best_checkpoint"], cfg.train.run_name, {})
@@ -82,8 +87,17 @@ def _train(cfg: ExperimentConfig) -> dict[str, Any]:
     return {**result, "registry": registry}
 
 
+def full_budget_config(cfg: ExperimentConfig, best_config: dict[str, Any]) -> ExperimentConfig:
+    """The campaign winner's settings on production's budget (the whole train split, production's epochs),
+    so the promotion compares like with like: a trial trained on a subsample never faces a full run."""
+    tuned = {key: getattr(v, "item", lambda v=v: v)() for key, v in best_config.items() if key not in DEMO_TUNE}
+    return cfg.with_overrides({**tuned, "train.run_name": f"{cfg.train.run_name}-challenger"})
+
+
 def _tune(cfg: ExperimentConfig) -> dict[str, Any]:
-    from seqctr.tuning.campaign import run_campaign
+    """A small campaign picks a challenger; retrained like production, it is promoted only if it beats it."""
+    from seqctr.training.trainer import run_training
+    from seqctr.tuning.campaign import register_best, run_campaign
 
     tune_cfg = cfg.with_overrides(DEMO_TUNE)
     campaign_dir = Path(cfg.train.storage_path) / DEMO_TUNE["tune.campaign"]
@@ -93,7 +107,17 @@ def _tune(cfg: ExperimentConfig) -> dict[str, Any]:
         return json.loads(summary_file.read_text())
     # A campaign folder without a summary is an interrupted campaign: finish it, do not start over.
     resume = DEMO_TUNE["tune.campaign"] if campaign_dir.exists() else None
-    summary = run_campaign(tune_cfg, resume=resume)
+    summary = run_campaign(tune_cfg, resume=resume, register=False)
+    challenger = full_budget_config(cfg, summary["best_config"])
+    if challenger.with_overrides({"train.run_name": cfg.train.run_name}) == cfg:
+        summary["registry"] = {"promotion": "the winner is the default config: production already is it"}
+    else:
+        print(f"retraining the winner {summary['best_config']} on the whole train split, like production")
+        retrained = run_training(challenger)
+        summary["challenger"] = {"test": retrained["test"], "best_checkpoint": retrained["best_checkpoint"]}
+        summary["registry"] = register_best(
+            cfg, retrained["best_checkpoint"], challenger.train.run_name, summary["best_config"]
+        )
     atomic_write_text(summary_file, json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -141,28 +165,38 @@ def run_demo(cfg: ExperimentConfig, serve_seconds: float = 0) -> dict[str, Any]:
     served = stages.run("serve + score (Ray Serve)", lambda: _serve_and_score(cfg, cfg.data.samples))
     summary = {
         "events": data.get("events"),
-        "oracle_auc": data.get("oracle_auc"),
+        "oracle_auc_whole_log": data.get("oracle_auc"),
         "samples": {k: samples.get(k) for k in ("rows", "samples_per_s") if k in samples},
         "embeddings": {k: embeds.get(k) for k in ("rows", "dim", "items_per_s", "cached")},
         "train_test_auc": trained["test"].get("auc"),
-        "train_test_oracle_auc": trained["test"].get("oracle_auc"),
+        "oracle_auc_test_split": trained["test"].get("oracle_auc"),
         "train_lift_ratio": trained["test"].get("lift_ratio"),
         "train_registry": trained.get("registry"),
         "campaign_best": campaign.get("best_config"),
         "campaign_best_val_auc": campaign.get("best_val_auc"),
         "campaign_test_auc": campaign.get("test", {}).get("auc"),
+        "campaign_challenger_test_auc": campaign.get("challenger", {}).get("test", {}).get("auc"),
         "campaign_registry": campaign.get("registry"),
-        "serving": f"{served['response'].get('model')}@{served['response'].get('version')}",
-        "endpoint": served["url"],
+        "served_model": f"{served['response'].get('model')}@{served['response'].get('version')}",
+        "paths": {
+            "report": str(Path(trained.get("run_dir", "")) / "report") if trained.get("run_dir") else None,
+            "best_checkpoint": trained.get("best_checkpoint"),
+            "latest_run": str(run_root(cfg.train.storage_path, cfg.train.run_name) / "latest"),
+            "registry": cfg.registry.root,
+        },
         "stage_seconds": {k: round(v, 1) for k, v in stages.times.items()},
     }
     print("\n=== summary")
     print(json.dumps(summary, indent=2, default=str))
     print("\nrequest:  POST", served["url"] + "/v1/rank")
-    print(json.dumps(served["request"], default=str)[:600])
-    print("response:", json.dumps(served["response"], default=str)[:800])
+    print(json.dumps(served["request"], indent=2, default=str))
+    print("response:")
+    print(json.dumps(served["response"], indent=2, default=str))
     if serve_seconds > 0:
-        print(f"\nendpoint stays up for {serve_seconds:.0f}s at {served['url']} (Ctrl-C to stop)")
+        print(f"\nthe endpoint stays up for {serve_seconds:.0f}s at {served['url']} (Ctrl-C to stop it sooner)")
         time.sleep(serve_seconds)
-    print("\nstop: the endpoint stops with this process; `seqctr serve` keeps one running (`serve shutdown`).")
+    print(
+        f"\nthe endpoint at {served['url']} stops with this demo. To serve again: "
+        f"seqctr serve --model registry://{cfg.registry.name}@production"
+    )
     return summary
