@@ -12,7 +12,7 @@ loss lives in training; the model returns logits.
 
     model = build_model(cfg.model, num_items, text_table)
     logits = model(batch)                                   # (B,)
-    state = model.encode_history(hist_idx, hist_bucket, hist_len, hist_age)   # serving: once per request
+    logits = model.score_groups(hist_idx, hist_bucket, hist_len, cand_idx, cand_bucket, group)  # (N,) serving batch
     logits = model.score_candidates(hist_idx, hist_bucket, hist_len, cand_idx, cand_bucket, hist_age=...)  # (C,)
 """
 
@@ -322,7 +322,13 @@ class CTRModel(nn.Module):
     # -- inputs
 
     def _checked(
-        self, hist_idx: Tensor, hist_bucket: Tensor, hist_len: Tensor, tgt_bucket: Tensor, hist_age: Tensor | None
+        self,
+        hist_idx: Tensor,
+        hist_bucket: Tensor,
+        hist_len: Tensor,
+        tgt_bucket: Tensor,
+        hist_age: Tensor | None,
+        group: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Shape checks, then one device sync for all range checks; errors name the input key.
         Returns the history (idx, bucket, age), given one padding column when it has none (L = 0);
@@ -340,12 +346,16 @@ class CTRModel(nn.Module):
             hist_idx = hist_bucket = hist_age = hist_idx.new_zeros(hist_idx.shape[0], 1)
         if hist_len.shape != hist_idx.shape[:1]:
             raise ValueError(f"hist_len {tuple(hist_len.shape)} must be (B,) with B={hist_idx.shape[0]}")
+        B = hist_idx.shape[0]
+        if group is None:
+            group = hist_len.new_zeros(0)
         bad = torch.stack(
             [
                 ((hist_bucket < 0) | (hist_bucket >= n)).any(),
                 ((tgt_bucket < 0) | (tgt_bucket >= n)).any(),
                 ((hist_len < 0) | (hist_len > L)).any(),
                 ((hist_age < 0) | (hist_age >= AGE_BUCKETS)).any(),
+                ((group < 0) | (group >= B)).any(),
             ]
         ).tolist()
         names = [
@@ -353,6 +363,7 @@ class CTRModel(nn.Module):
             f"target_bucket outside [0, {n})",
             f"hist_len outside [0, {L}]",
             f"hist_age outside [0, {AGE_BUCKETS})",
+            f"group outside [0, {B}) (B = histories)",
         ]
         for is_bad, name in zip(bad, names, strict=True):
             if is_bad:
@@ -427,16 +438,23 @@ class CTRModel(nn.Module):
             return hist_vec
         return hist_vec + self.age_embedding(hist_age).to(hist_vec.dtype)  # (B, L, D)
 
-    def _score(self, history: HistoryState, target_vec: Tensor) -> tuple[Tensor, Tensor]:
-        t = self.target_proj(target_vec)  # (B, H)
+    def _score(self, history: HistoryState, target_vec: Tensor, group: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Logits (N,) and history weights (N, L) of N targets, target n against history row group[n]
+        (None: row n). Without attention the pool is computed once per history, not per target."""
+
+        def per_target(x: Tensor) -> Tensor:
+            return x if group is None else x[group]
+
+        t = self.target_proj(target_vec)  # (N, H)
+        last = per_target(history.last)  # (N, H)
         if self.attention is not None:
-            pool, weights = self.attention(history.outputs, t, history.mask)  # (B, H), (B, L)
+            pool, weights = self.attention(per_target(history.outputs), t, per_target(history.mask))  # (N, H), (N, L)
         else:
             m = history.mask.to(t.dtype)
-            weights = m / m.sum(1, keepdim=True).clamp(min=1.0)  # (B, L) the mean's weights
-            pool = masked_mean(history.outputs, history.mask)  # (B, H)
-        features = torch.cat([history.last, pool, t, history.last * t], dim=-1)  # (B, 4H)
-        return self.head(features).squeeze(-1), weights  # (B,), (B, L)
+            weights = per_target(m / m.sum(1, keepdim=True).clamp(min=1.0))  # (N, L) the mean's weights
+            pool = per_target(masked_mean(history.outputs, history.mask))  # (N, H)
+        features = torch.cat([last, pool, t, last * t], dim=-1)  # (N, 4H)
+        return self.head(features).squeeze(-1), weights  # (N,), (N, L)
 
     def forward(self, batch: dict[str, Tensor], return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits (B,) for a batch of (history, target); with `return_attention` also weights (B, L)."""
@@ -460,6 +478,34 @@ class CTRModel(nn.Module):
         logits, weights = self._score(self.encoder(self._with_age(hist_vec, hist_age), hist_len), tgt_vec)
         return (logits, weights) if return_attention else logits
 
+    def score_groups(
+        self,
+        hist_idx: Tensor,
+        hist_bucket: Tensor,
+        hist_len: Tensor,
+        target_idx: Tensor,
+        target_bucket: Tensor,
+        group: Tensor,
+        target_text: Tensor | None = None,
+        target_text_mask: Tensor | None = None,
+        hist_age: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits (N,) of N candidates over B histories (B, L) at once (a serving batch): candidate n
+        is scored against history row `group[n]`. Each history is encoded (and, without attention,
+        pooled) once, and one head pass covers all N; equals forward() on the expanded batch. With
+        `return_attention` also the weights (N, L)."""
+        if target_idx.dim() != 1 or target_bucket.shape != target_idx.shape or group.shape != target_idx.shape:
+            raise ValueError(
+                f"target_idx {tuple(target_idx.shape)}, target_bucket {tuple(target_bucket.shape)} and "
+                f"group {tuple(group.shape)} must all be (N,)"
+            )
+        hist_idx, hist_bucket, hist_age = self._checked(hist_idx, hist_bucket, hist_len, target_bucket, hist_age, group)
+        history = self._encode_history(hist_idx, hist_bucket, hist_len, hist_age)  # (B, L, H), (B, H), (B, L)
+        _, tgt_vec = self._embed(None, None, target_idx, target_bucket, target_text, target_text_mask)  # (N, D)
+        logits, weights = self._score(history, tgt_vec, group)  # (N,), (N, L)
+        return (logits, weights) if return_attention else logits
+
     def score_candidates(
         self,
         hist_idx: Tensor,
@@ -471,20 +517,13 @@ class CTRModel(nn.Module):
         target_text_mask: Tensor | None = None,
         hist_age: Tensor | None = None,
     ) -> Tensor:
-        """Logits (C,) of C candidates for one user's history (1, L): the encoder runs once and its
-        state is broadcast over the candidates; equals forward() on the expanded batch."""
+        """Logits (C,) of C candidates for one user's history (1, L): `score_groups` with one group."""
         if hist_idx.dim() != 2 or hist_idx.shape[0] != 1:
             raise ValueError(f"score_candidates takes one user's history (1, L), got {tuple(hist_idx.shape)}")
-        if target_idx.dim() != 1 or target_bucket.shape != target_idx.shape:
-            raise ValueError("target_idx and target_bucket must both be (C,)")
-        hist_idx, hist_bucket, hist_age = self._checked(hist_idx, hist_bucket, hist_len, target_bucket, hist_age)
-        history = self._encode_history(hist_idx, hist_bucket, hist_len, hist_age)
-        _, tgt_vec = self._embed(None, None, target_idx, target_bucket, target_text, target_text_mask)
-        C = target_idx.shape[0]
-        expanded = HistoryState(
-            history.outputs.expand(C, -1, -1), history.last.expand(C, -1), history.mask.expand(C, -1)
-        )  # (C, L, H), (C, H), (C, L)
-        return self._score(expanded, tgt_vec)[0]
+        group = torch.zeros_like(target_idx)  # (C,) every candidate against row 0
+        return self.score_groups(
+            hist_idx, hist_bucket, hist_len, target_idx, target_bucket, group, target_text, target_text_mask, hist_age
+        )
 
     # -- optimisation
 

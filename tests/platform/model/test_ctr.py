@@ -233,6 +233,39 @@ def test_score_candidates_equals_forward_on_expanded_batch(variant: dict) -> Non
         model.score_candidates(batch["hist_idx"], batch["hist_bucket"], batch["hist_len"], cand, cand)
 
 
+@pytest.mark.parametrize("variant", ALL_VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
+def test_score_groups_equals_forward_on_expanded_batch(variant: dict) -> None:
+    """A serving batch: several histories, each with its own candidates (one has none), scored in one call."""
+    model = make_model(**variant)
+    batch = make_batch(seed=4)
+    counts = torch.tensor([3, 5, 0, 1, 4, 2, 6, 2])  # candidates per history; row 0 is empty, row 1 full
+    group = torch.repeat_interleave(torch.arange(8), counts)  # (N,)
+    N = int(counts.sum())
+    cand = torch.randint(0, NUM_ITEMS + 5, (N,))  # includes 0, unknown and out-of-range indices
+    text, mask = torch.randn(N, TEXT_DIM), torch.rand(N) < 0.3
+    hist = {k: batch[k] for k in ("hist_idx", "hist_bucket", "hist_len", "hist_age")}
+    expanded = {k: v[group] for k, v in hist.items()}
+    expanded.update(target_idx=cand, target_bucket=cand % BUCKETS, target_text=text, target_text_mask=mask)
+    with torch.no_grad():
+        got, got_weights = model.score_groups(
+            **hist,
+            target_idx=cand,
+            target_bucket=cand % BUCKETS,
+            group=group,
+            target_text=text,
+            target_text_mask=mask,
+            return_attention=True,
+        )
+        want, want_weights = model(expanded, return_attention=True)
+    assert got.shape == (N,) and got_weights.shape == (N, batch["hist_idx"].shape[1])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got_weights, want_weights, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"group outside \[0, 8\)"):
+        model.score_groups(**hist, target_idx=cand, target_bucket=cand % BUCKETS, group=group + 1)
+    with pytest.raises(ValueError, match="must all be \\(N,\\)"):
+        model.score_groups(**hist, target_idx=cand, target_bucket=cand % BUCKETS, group=group[:-1])
+
+
 @pytest.mark.parametrize("sequence", ["lstm", "mean"])
 def test_attention_weights_sum_to_one_over_valid_positions(sequence: str) -> None:
     model = make_model(sequence=sequence, attention=True)
