@@ -263,9 +263,7 @@ def render_rayjob(storage: str = STORAGE, image: str = IMAGE, gpu_image: str = G
     }
 
 
-def render_rayservice(
-    serve_yaml: Path = SERVE_YAML, storage: str = STORAGE, image: str = IMAGE
-) -> dict[str, Any]:
+def render_rayservice(serve_yaml: Path = SERVE_YAML, storage: str = STORAGE, image: str = IMAGE) -> dict[str, Any]:
     """A RayService: the CTR endpoint from configs/serve.yaml on an autoscaling CPU worker group."""
     serve_config = render_serve_config(serve_yaml, storage)
     name = "seqctr-serve"
@@ -310,9 +308,7 @@ def render_network_policy(instance: str, serve: bool) -> dict[str, Any]:
         {
             "from": [
                 {
-                    "namespaceSelector": {
-                        "matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}
-                    },
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}},
                     "podSelector": {"matchLabels": dict(OPERATOR_LABELS)},
                 }
             ],
