@@ -8,7 +8,9 @@
 The app is deployed the way `serve deploy` does it (a declarative Serve config: import path + args),
 with the model only in CTRScorer's `user_config`. So a second `seqctr serve --model ...` changes just
 that user_config and Serve reconfigures the live replicas in place: no restart, no failed request.
-`--config` takes an experiment YAML or a Serve config file such as configs/serve.yaml.
+`--config` takes an experiment YAML or a Serve config file such as configs/serve.yaml. The config is
+read and validated here, once (YAML + --set, local paths made absolute), and the builder's args carry it
+whole, so neither the Serve controller nor a replica reads a file or searches for a path.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import typer
 import yaml
 
-from seqctr.platform.config import ConfigError
+from seqctr.platform.config import ConfigError, ExperimentConfig
 
 IMPORT_PATH = "seqctr.serving.app:build_app"
 SCORER = "CTRScorer"
@@ -190,8 +192,12 @@ def wait_reload(name: str, before: dict[str, Any] | None, timeout_s: float) -> d
     raise RuntimeError(f"no reload of app {name!r} was recorded within {timeout_s:.0f}s")
 
 
-def serve_args(config: Path | None, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(builder args, http options) from --config (a Serve config file or an experiment YAML) + --set."""
+def serve_args(config: Path | None, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any], ExperimentConfig]:
+    """(builder args, http options, the experiment config) from --config (a Serve config file or an
+    experiment YAML) + --set. The args carry the config whole (`experiment`); a Serve file's own args
+    (`config`, `overrides`, CPUs) are resolved here, with a relative path read from the working directory."""
+    from seqctr.serving.app import AppArgs, app_config
+
     http: dict[str, Any] = {}
     args: dict[str, Any] = {}
     if config is not None:
@@ -199,7 +205,7 @@ def serve_args(config: Path | None, overrides: list[str]) -> tuple[dict[str, Any
             raise ConfigError(f"--config: file not found: {config}")
         serve_file = read_serve_file(config)
         if serve_file is None:
-            args["config"] = str(config.resolve())
+            args["config"] = str(config)
         else:
             http = serve_file.get("http_options") or {}
             apps = serve_file["applications"]
@@ -209,7 +215,9 @@ def serve_args(config: Path | None, overrides: list[str]) -> tuple[dict[str, Any
             args = dict(entry.get("args") or {})
     args["overrides"] = [*args.get("overrides", []), *overrides]
     args.pop("model", None)  # the model lives in the scorer's user_config (see module doc)
-    return args, http
+    cfg = app_config(AppArgs.model_validate(args))
+    resolved = {k: v for k, v in args.items() if k not in ("config", "overrides")}
+    return {**resolved, "experiment": cfg.to_dict()}, http, cfg
 
 
 # ----------------------------------------------------------------------------- commands
@@ -226,12 +234,12 @@ def serve_command(
     timeout: float = typer.Option(300.0, help="Seconds to wait for the app or the reload."),
 ) -> None:
     """Start the CTR endpoint on Ray Serve, or hot-reload the model of the one already running."""
-    from seqctr.serving.app import AppArgs, app_config, model_user_config, read_api_key
+    from seqctr.serving.app import model_user_config, read_api_key
 
     try:
-        args, http = serve_args(config, set_ or [])
-        app_args = AppArgs.model_validate({**args, "model": model} if model else args)
-        cfg = app_config(app_args)  # validated here, so a bad flag stops before Ray starts
+        args, http, cfg = serve_args(config, set_ or [])  # validated here: a bad flag stops before Ray starts
+        if model:
+            cfg = cfg.with_overrides({"serve.model": model})
         read_api_key(cfg.serve.api_key_env)
         user_config = model_user_config(cfg)
         dashboard = connect_ray(detach)

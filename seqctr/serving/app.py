@@ -4,7 +4,10 @@
     seqctr serve --model registry://seqctr@production          # the same app, plus hot reload
 
 `build_app(args)` is the builder a Serve config names (`import_path: seqctr.serving.app:build_app`);
-Serve validates `args` against `AppArgs`. The graph it returns:
+Serve validates `args` against `AppArgs`, once: they carry the whole experiment config (`experiment`,
+what `seqctr serve` sends after reading YAML + --set), or name a YAML + overrides that the builder reads
+(`serve run configs/serve.yaml`). The validated ExperimentConfig object then goes to the replicas as is.
+The graph it returns:
 
     HTTP -> CTRScorer (FastAPI ingress + model: /v1/score /v1/rank /v1/model /docs; autoscaled, batched)
               -> ItemEncoder (BERT for cold-start texts, through a deployment handle)
@@ -26,7 +29,6 @@ import json
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
@@ -34,18 +36,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import Application
 
-from seqctr.platform.config import (
-    CONFIGS_DIR,
-    ConfigError,
-    ExperimentConfig,
-    ServeConfig,
-    load_config,
-    resolve_paths,
-)
+from seqctr.platform.config import ConfigError, ExperimentConfig, ServeConfig, load_config, resolve_paths
 from seqctr.serving.deployments import CTRScorer, ItemEncoder, Loader, pin_model
 from seqctr.serving.schemas import (
     ErrorResponse,
@@ -212,7 +207,7 @@ class CTRScorerDeployment(CTRScorer):
 
     def __init__(
         self,
-        config: dict[str, Any],
+        config: ExperimentConfig,
         encoder: Any = None,
         loader: Loader | None = None,
         torch_threads: int = 1,
@@ -233,9 +228,7 @@ class CTRScorerDeployment(CTRScorer):
             return await call
         except Exception as err:  # noqa: BLE001 - one logged line, a 500 that says what failed
             logger.exception("request failed")
-            raise HTTPException(
-                status_code=500, detail=f"scoring failed: {type(err).__name__}: {err}"
-            ) from err
+            raise HTTPException(status_code=500, detail=f"scoring failed: {type(err).__name__}: {err}") from err
 
     @fastapi_app.post("/v1/score", response_model=ScoreResponse, dependencies=POST_GUARDS, responses=POST_ERRORS)
     async def http_score(self, request: ScoreRequest) -> dict[str, Any]:
@@ -265,38 +258,39 @@ class CTRScorerDeployment(CTRScorer):
 
 
 class AppArgs(BaseModel):
-    """Arguments of `build_app` (the `args:` of a Serve config file)."""
+    """Arguments of `build_app` (the `args:` of a Serve config file): the experiment config, either whole
+    (`experiment`) or as a YAML file plus overrides read once by the builder."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(
-        None, description="registry://NAME@ALIAS or a checkpoint folder (default serve.model)."
+    experiment: ExperimentConfig | None = Field(
+        None, description="The whole experiment config (ExperimentConfig.to_dict()), as `seqctr serve` sends it."
     )
-    config: str | None = Field(None, description="Experiment YAML (default configs/default.yaml).")
+    config: str | None = Field(
+        None,
+        description="Or an experiment YAML (default configs/default.yaml), read by the builder; a relative path "
+        "is relative to the builder's working directory (the repository root for `serve run`).",
+    )
     overrides: list[str] = Field(
-        default_factory=list, description="Dotted overrides, e.g. serve.max_batch_size=8."
+        default_factory=list, description="Dotted overrides of `config`, e.g. serve.max_batch_size=8."
     )
+    model: str | None = Field(None, description="registry://NAME@ALIAS or a checkpoint folder (default serve.model).")
     scorer_cpus: float = Field(1.0, gt=0, description="CPUs per CTRScorer replica (also its torch threads).")
     encoder_cpus: float = Field(0.5, ge=0, description="CPUs of the ItemEncoder replica.")
 
-
-def locate_config(path: str | None) -> Path | None:
-    """A config path as given, else relative to the repository (Serve may build the app elsewhere)."""
-    if not path:
-        return None
-    given = Path(path).expanduser()
-    if given.exists() or given.is_absolute():
-        return given
-    beside_repo = CONFIGS_DIR.parent / given
-    return beside_repo if beside_repo.exists() else given
+    @model_validator(mode="after")
+    def _one_config_source(self) -> "AppArgs":
+        if self.experiment is not None and (self.config or self.overrides):
+            raise ValueError("give either `experiment` (a whole config) or `config` + `overrides`, not both")
+        return self
 
 
 def app_config(args: AppArgs) -> ExperimentConfig:
-    """The experiment config the app serves: YAML + overrides + model, validated once."""
-    cfg = load_config(locate_config(args.config), args.overrides)
+    """The experiment config the app serves: `experiment` as validated with the args, or `config` +
+    `overrides` read here (local paths made absolute); then `model`. No path is searched for."""
+    cfg = args.experiment or resolve_paths(load_config(args.config, args.overrides))
     if args.model:
         cfg = cfg.with_overrides({"serve.model": args.model})
-    cfg = resolve_paths(cfg)
     if cfg.serve.min_replicas > cfg.serve.max_replicas:
         raise ConfigError(
             f"serve.min_replicas={cfg.serve.min_replicas} > serve.max_replicas={cfg.serve.max_replicas} "
@@ -316,9 +310,7 @@ def autoscaling_config(serve_cfg: ServeConfig) -> dict[str, Any]:
     }
 
 
-def model_user_config(
-    cfg: ExperimentConfig, fallback: str | None = None, strict: bool = True
-) -> dict[str, Any]:
+def model_user_config(cfg: ExperimentConfig, fallback: str | None = None, strict: bool = True) -> dict[str, Any]:
     """CTRScorer's user_config for cfg.serve.model, pinned to what it names now (see ModelSpec).
 
     Not strict (the builder): a URI that cannot be pinned here is left to the replicas, whose load error
@@ -345,9 +337,7 @@ def make_app(
 ) -> Application:
     """The deployment graph for `cfg`; `loader` replaces the checkpoint loader (tests pass a fake)."""
     serve_cfg = cfg.serve
-    encoder = ItemEncoder.options(ray_actor_options={"num_cpus": encoder_cpus}).bind(
-        serve_cfg.encoder_cache_size
-    )
+    encoder = ItemEncoder.options(ray_actor_options={"num_cpus": encoder_cpus}).bind(serve_cfg.encoder_cache_size)
     scorer_options: dict[str, Any] = {"num_cpus": scorer_cpus}
     key_env = serve_cfg.api_key_env
     if key_env and os.environ.get(key_env):
@@ -356,12 +346,10 @@ def make_app(
     return CTRScorerDeployment.options(
         autoscaling_config=autoscaling_config(serve_cfg),
         # Room for a full batch per replica, and for the autoscaler's target.
-        max_ongoing_requests=max(
-            8, 2 * serve_cfg.max_batch_size, math.ceil(2 * serve_cfg.target_ongoing_requests)
-        ),
+        max_ongoing_requests=max(8, 2 * serve_cfg.max_batch_size, math.ceil(2 * serve_cfg.target_ongoing_requests)),
         user_config=user_config or model_user_config(cfg, strict=False),
         ray_actor_options=scorer_options,
-    ).bind(cfg.to_dict(), encoder, loader, max(1, int(scorer_cpus)))
+    ).bind(cfg, encoder, loader, max(1, int(scorer_cpus)))
 
 
 def build_app(args: AppArgs) -> Application:

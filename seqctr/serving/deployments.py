@@ -2,9 +2,10 @@
 for cold-start items). seqctr/serving/app.py puts the HTTP routes on the scorer.
 
 Request path: HTTP -> CTRScorer.score -> (ItemEncoder.encode for unseen ids with text) -> one
-`@serve.batch` call that scores every concurrent request of the batch together: the sequence encoder
-runs once over the B histories, the item vectors of all candidates are looked up in one pass, and each
-history's state is broadcast over its own candidates (views, no copies).
+`@serve.batch` call that scores every concurrent request of the batch together through the model's
+public `CTRModel.score_groups`: the sequence encoder runs once over the B histories and one head pass
+covers every candidate of the batch. Batch size and wait come from `serve:` in the app's config;
+`info()` (GET /v1/model) counts the batches scored by size.
 
 Cold start, in order: an id in the model's item index uses its learned vectors (`known`); an unseen id
 with text gets its text embedded by the ItemEncoder and its id hashed into a bucket (`text`); an
@@ -26,7 +27,7 @@ import re
 import threading
 import time
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,9 +40,9 @@ from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
-from seqctr.platform.config import ExperimentConfig, config_from_dict
-from seqctr.platform.model.ctr import CTRModel, HistoryState
-from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, hash_buckets
+from seqctr.platform.config import ExperimentConfig
+from seqctr.platform.model.ctr import CTRModel
+from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, encode_samples
 from seqctr.platform.model.predictor import load_model
 
 logger = logging.getLogger("ray.serve")
@@ -201,17 +202,11 @@ class Job:
     text: np.ndarray | None = None  # (len(cold), Dt) once embedded
 
 
-def encode_ids(ids: list[str], index: ItemIndex, num_buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, buckets) as features.encode_samples computes them: known items use the index's cached
-    buckets, unknown ids (row 1) hash their own string."""
-    if not ids:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    rows = index.lookup(ids)
-    buckets = index.buckets(num_buckets)[rows].copy()
-    unknown = np.flatnonzero(rows == UNKNOWN)
-    if unknown.size:
-        buckets[unknown] = hash_buckets([ids[i] for i in unknown], num_buckets)
-    return rows, buckets
+def encode_items(ids: list[str], index: ItemIndex, num_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, buckets) of item ids, encoded by `features.encode_samples` as training encodes targets, so
+    serving can never drift from it: known items use the index, unknown ids (row 1) hash their string."""
+    arrays = encode_samples({"history": [[]] * len(ids), "target": ids}, index, num_buckets, max_seq_len=1)
+    return arrays["target_idx"], arrays["target_bucket"]
 
 
 def click_ages(payload: dict[str, Any], kept: int) -> np.ndarray:
@@ -236,9 +231,9 @@ def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
     history = [str(h) for h in payload["history"]][-cfg.data.max_seq_len :]
     candidates = [str(c) for c in payload["candidates"]]
     texts = payload.get("texts") or [None] * len(candidates)
-    hist_idx, hist_bucket = encode_ids(history, model.index, cfg.model.id_buckets)
+    hist_idx, hist_bucket = encode_items(history, model.index, cfg.model.id_buckets)
     hist_age = click_ages(payload, len(history))
-    cand_idx, cand_bucket = encode_ids(candidates, model.index, cfg.model.id_buckets)
+    cand_idx, cand_bucket = encode_items(candidates, model.index, cfg.model.id_buckets)
     use_text = model.model.text_dim > 0
     cold = [i for i, row in enumerate(cand_idx) if row == UNKNOWN and use_text and texts[i] and str(texts[i]).strip()]
     sources = ["known" if row != UNKNOWN else "hashed" for row in cand_idx]
@@ -259,33 +254,27 @@ def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
     )
 
 
-@torch.inference_mode()
-def score_jobs(model: CTRModel, jobs: list[Job], device: torch.device | str = "cpu") -> list[tuple[np.ndarray, Any]]:
-    """(probabilities (C,), attention (C, n) or None) per job; one encoder pass for all B histories.
-
-    Equals `model.score_candidates` per job: the same history state broadcast over its candidates.
-    """
-    B = len(jobs)
-    L = max(1, max(len(j.hist_idx) for j in jobs))
-    idx = np.zeros((B, L), dtype=np.int64)  # (B, L) right-padded
-    bucket = np.zeros((B, L), dtype=np.int64)
-    age = np.zeros((B, L), dtype=np.int64)
+def batch_inputs(jobs: list[Job], text_dim: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The keyword arguments of `CTRModel.score_groups` for a batch of jobs: the B histories right-padded
+    (B, L), every job's candidates one after the other (N,), and the job (`group`) each belongs to."""
+    B, L = len(jobs), max(1, max(len(j.hist_idx) for j in jobs))
+    hist = np.zeros((3, B, L), dtype=np.int64)  # idx, bucket, age; (B, L) each, right-padded
     for row, job in enumerate(jobs):
-        idx[row, : len(job.hist_idx)] = job.hist_idx
-        bucket[row, : len(job.hist_idx)] = job.hist_bucket
-        age[row, : len(job.hist_idx)] = job.hist_age
-    hist_idx, hist_bucket = torch.from_numpy(idx).to(device), torch.from_numpy(bucket).to(device)
-    hist_len = torch.tensor([len(j.hist_idx) for j in jobs], dtype=torch.long, device=device)  # (B,)
-    hist_age = torch.from_numpy(age).to(device)
-    state = model.encode_history(hist_idx, hist_bucket, hist_len, hist_age)  # (B, L, H), (B, H), (B, L)
-
+        n = len(job.hist_idx)
+        hist[:, row, :n] = job.hist_idx, job.hist_bucket, job.hist_age
     counts = [len(j.cand_idx) for j in jobs]
-    tgt_idx = torch.from_numpy(np.concatenate([j.cand_idx for j in jobs]).astype(np.int64)).to(device)  # (N,)
-    tgt_bucket = torch.from_numpy(np.concatenate([j.cand_bucket for j in jobs]).astype(np.int64)).to(device)
-    text = mask = None
-    if model.text_dim and any(j.text is not None and len(j.cold) for j in jobs):
-        text = torch.zeros(len(tgt_idx), model.text_dim)  # (N, Dt)
-        mask = torch.zeros(len(tgt_idx), dtype=torch.bool)  # (N,)
+    inputs = {
+        "hist_idx": torch.from_numpy(hist[0]),
+        "hist_bucket": torch.from_numpy(hist[1]),
+        "hist_age": torch.from_numpy(hist[2]),
+        "hist_len": torch.tensor([len(j.hist_idx) for j in jobs], dtype=torch.long),  # (B,)
+        "target_idx": torch.from_numpy(np.concatenate([j.cand_idx for j in jobs]).astype(np.int64)),  # (N,)
+        "target_bucket": torch.from_numpy(np.concatenate([j.cand_bucket for j in jobs]).astype(np.int64)),
+        "group": torch.repeat_interleave(torch.arange(B), torch.tensor(counts)),  # (N,)
+    }
+    if text_dim and any(j.text is not None and j.cold for j in jobs):
+        text = torch.zeros(sum(counts), text_dim)  # (N, Dt) embedded texts of cold candidates
+        mask = torch.zeros(sum(counts), dtype=torch.bool)  # (N,) where a text replaces the table
         start = 0
         for job, count in zip(jobs, counts, strict=True):
             if job.text is not None and job.cold:
@@ -293,24 +282,23 @@ def score_jobs(model: CTRModel, jobs: list[Job], device: torch.device | str = "c
                 text[rows] = torch.from_numpy(np.asarray(job.text, dtype=np.float32))
                 mask[rows] = True
             start += count
-        text, mask = text.to(device), mask.to(device)
-    # One lookup of every candidate's vector (serving only: `_embed`/`_score` are the model's own steps).
-    _, tgt_vec = model._embed(None, None, tgt_idx, tgt_bucket, text, mask)  # (N, D)
+        inputs |= {"target_text": text, "target_text_mask": mask}
+    return {k: v.to(device) for k, v in inputs.items()}
 
+
+@torch.inference_mode()
+def score_jobs(model: CTRModel, jobs: list[Job], device: torch.device | str = "cpu") -> list[tuple[np.ndarray, Any]]:
+    """(probabilities (C,), attention (C, n) or None) per job: the whole batch in one `score_groups` call."""
+    logits, weights = model.score_groups(**batch_inputs(jobs, model.text_dim, device), return_attention=True)
+    probs = torch.sigmoid(logits).float().cpu().numpy()  # (N,)
     out: list[tuple[np.ndarray, Any]] = []
     start = 0
-    for b, (job, C) in enumerate(zip(jobs, counts, strict=True)):
-        history = HistoryState(
-            state.outputs[b : b + 1].expand(C, -1, -1),
-            state.last[b : b + 1].expand(C, -1),
-            state.mask[b : b + 1].expand(C, -1),
-        )  # (C, L, H), (C, H), (C, L)
-        logits, weights = model._score(history, tgt_vec[start : start + C])  # (C,), (C, L)
-        probs = torch.sigmoid(logits).float().cpu().numpy()
+    for job in jobs:
+        C, n = len(job.cand_idx), len(job.hist_idx)
         attention = None
         if job.explain and model.attention is not None:
-            attention = weights[:, : len(job.hist_idx)].float().cpu().numpy()  # (C, n)
-        out.append((probs, attention))
+            attention = weights[start : start + C, :n].float().cpu().numpy()  # (C, n)
+        out.append((probs[start : start + C], attention))
         start += C
     return out
 
@@ -412,19 +400,20 @@ class CTRScorer:
     subclass, so a request costs one Serve hop (proxy -> scorer), not two. As a plain class it runs
     without Serve (tests). `config` is the app's ExperimentConfig (serve + registry settings); the
     model comes from `reconfigure(user_config)`, which Serve calls at start and on every user_config
-    change. `loader` is injectable so tests can pass a fake.
+    change. `loader` is injectable so tests can pass a fake. The config arrives validated (the app
+    builder's), and its `serve:` section alone sets the batch size and wait of `_score_batch`.
     """
 
     def __init__(
         self,
-        config: dict[str, Any],
+        config: ExperimentConfig,
         encoder: Any = None,
         loader: Loader | None = None,
         torch_threads: int = 1,
     ) -> None:
         if torch_threads > 0:  # 0 = leave the process's setting (tests)
             torch.set_num_threads(torch_threads)
-        self._cfg = config_from_dict(config)
+        self._cfg = config
         self._encoder = encoder  # DeploymentHandle to ItemEncoder (None: text candidates are hashed)
         self._loader = loader or load_model
         self._device = "cpu"
@@ -433,6 +422,7 @@ class CTRScorer:
         self._reload_lock = asyncio.Lock()
         self._warming: asyncio.Future | None = None
         self._batched = _in_replica()  # @serve.batch needs a replica; plain-class tests score directly
+        self._batch_sizes: Counter[int] = Counter()  # batches scored, by requests per batch
         self._score_batch.set_max_batch_size(self._cfg.serve.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self._cfg.serve.batch_wait_timeout_s)
 
@@ -483,6 +473,7 @@ class CTRScorer:
         out = self._current.describe()
         out["config"]["serve"] = self._cfg.serve.model_dump()
         out["last_reload"] = self._last_reload
+        out["batch_sizes"] = dict(sorted(self._batch_sizes.items()))
         return out
 
     # -- scoring
@@ -521,7 +512,7 @@ class CTRScorer:
         job.cold, job.cold_texts = [], []
         return None
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch  # size and wait: set from serve: in __init__, never from here
     async def _score_batch(self, items: list[tuple[ServingModel, Job]]) -> list[tuple[np.ndarray, Any]]:
         # Inline, not in a thread: a batch takes milliseconds, and on 2 CPUs a thread hand-off per
         # batch costs more than it frees. Requests arriving meanwhile queue up for the next batch.
@@ -529,6 +520,7 @@ class CTRScorer:
 
     def _score_items(self, items: list[tuple[ServingModel, Job]]) -> list[tuple[np.ndarray, Any]]:
         """Score a batch; during a hot swap a batch can hold two models, each scores its own jobs."""
+        self._batch_sizes[len(items)] += 1
         results: list[Any] = [None] * len(items)
         groups: dict[int, list[int]] = {}
         for i, (model, _) in enumerate(items):

@@ -185,6 +185,10 @@ class ModelInfo(BaseModel):
     last_reload: ReloadStatus | None = Field(
         None, description="The latest hot-reload attempt; ok=false keeps the previous model serving."
     )
+    batch_sizes: dict[int, int] = Field(
+        default_factory=dict,
+        description="Batches this replica scored since it started, by size (requests batched together).",
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -21,12 +21,13 @@ ITEM_IDS = [f"i{k}" for k in range(NUM_ITEMS)]
 
 
 def tiny_serving_config(*overrides: str) -> ExperimentConfig:
-    return load_config(CONFIGS_DIR / "tiny.yaml", ["model.attention=true", *overrides])
+    """configs/tiny.yaml: the default model settings (target attention off) at a tiny size."""
+    return load_config(CONFIGS_DIR / "tiny.yaml", list(overrides))
 
 
-def write_checkpoint(path: Path, seed: int = 0, cfg: ExperimentConfig | None = None) -> Path:
+def write_checkpoint(path: Path, seed: int = 0, cfg: ExperimentConfig | None = None, attention: bool = True) -> Path:
     """A complete checkpoint of an untrained tiny model; different seeds give different scores."""
-    cfg = cfg or tiny_serving_config()
+    cfg = cfg or tiny_serving_config(f"model.attention={str(attention).lower()}")
     index = ItemIndex(ITEM_IDS)
     table = np.random.default_rng(seed).normal(size=(len(index), TEXT_DIM)).astype(np.float32)
     torch.manual_seed(seed)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import threading
@@ -16,11 +18,11 @@ import typer
 from serving_helpers import free_port, offline_scores, tiny_serving_config
 from typer.testing import CliRunner
 
-from seqctr.cli.serve import api_key_env_vars, deploy, live_applications, score_command, serve_command
+from seqctr.cli.serve import api_key_env_vars, deploy, live_applications, score_command, serve_args, serve_command
 from seqctr.platform.data.embeddings import TextEncoder
 from seqctr.platform.model.features import hash_buckets
 from seqctr.platform.model.predictor import load_model
-from seqctr.serving.client import CTRClient
+from seqctr.serving.client import AsyncCTRClient, CTRClient
 
 APP = "seqctr_test"
 KEY_ENV = "SEQCTR_TEST_API_KEY"
@@ -50,7 +52,7 @@ def endpoint(ray_session, checkpoints, tmp_path_factory):
     config.write_text(tiny_serving_config(*SERVE_SETTINGS).to_yaml())
     os.environ[KEY_ENV] = KEY
     port = free_port()
-    args = {"config": str(config), "overrides": []}  # what `seqctr serve --config FILE` deploys
+    args, _, _ = serve_args(config, [])  # what `seqctr serve --config FILE` deploys: the whole config
     result = deploy(
         args,
         {"model": str(checkpoints["a"])},
@@ -61,7 +63,14 @@ def endpoint(ray_session, checkpoints, tmp_path_factory):
     )
     assert result["action"] == "started"
     url = f"http://127.0.0.1:{port}"
-    yield {"url": url, "args": args, "port": port, "root": root, "version_a": result["model"]["version"]}
+    yield {
+        "url": url,
+        "args": args,
+        "config": str(config),
+        "port": port,
+        "root": root,
+        "version_a": result["model"]["version"],
+    }
     serve.shutdown()
 
 
@@ -214,15 +223,38 @@ def test_autoscaling_config_is_the_configured_one(endpoint):
     assert details["max_ongoing_requests"] >= cfg.max_batch_size
 
 
-def test_score_command_prints_the_ranking(endpoint, monkeypatch):
+def test_score_command_prints_the_ranking(endpoint, checkpoints, monkeypatch):
     monkeypatch.setenv("SEQCTR_API_KEY", KEY)
     cli = typer.Typer()
     cli.command()(score_command)
-    result = CliRunner().invoke(
-        cli, ["--url", endpoint["url"], "--history", "i1,i2,i3", "--candidates", "i4,i5,i6", "--rank", "2"]
-    )
+    history, candidates = ["i1", "i2", "i3"], ["i4", "i5", "i6", "i9"]
+    flags = ["--url", endpoint["url"], "--history", ",".join(history), "--candidates", ",".join(candidates)]
+    result = CliRunner().invoke(cli, [*flags, "--rank", "2"])
     assert result.exit_code == 0, result.output
-    assert result.output.count('"item_id"') == 2
+    items = json.loads(result.stdout)["items"]  # stderr may carry Ray log lines
+    scores = offline_scores(checkpoints["a"], history, candidates)
+    best = np.argsort(-scores)[:2]
+    assert [i["item_id"] for i in items] == [candidates[i] for i in best]
+    np.testing.assert_allclose([i["score"] for i in items], scores[best], atol=1e-5)
+
+
+def test_concurrent_requests_are_scored_in_batches(endpoint, checkpoints, client):
+    """Concurrent requests share a `@serve.batch` batch (the sizes /v1/model reports), never one larger
+    than serve.max_batch_size (8 here, not Ray's default of 10), and each answer is still its own."""
+    expected = offline_scores(checkpoints["a"], HISTORY, CANDIDATES)
+
+    async def burst(n: int) -> list:
+        async with AsyncCTRClient(endpoint["url"], api_key=KEY, retries=0, timeout=60) as c:
+            return await asyncio.gather(*(c.score(HISTORY, CANDIDATES) for _ in range(n)))
+
+    for _ in range(5):  # a replica that autoscaling just added may not have seen a burst yet
+        for out in asyncio.run(burst(32)):
+            np.testing.assert_allclose(out.scores, expected, atol=1e-5)
+        sizes = client.model_info().batch_sizes
+        if max(sizes, default=1) > 1:
+            break
+    assert max(sizes) > 1, sizes
+    assert max(sizes) <= 8, sizes
 
 
 def test_model_info(client, checkpoints):
@@ -231,6 +263,7 @@ def test_model_info(client, checkpoints):
     assert info.metrics == {"val_auc": 0.5} and info.attention is True
     assert info.config["max_seq_len"] == 10 and info.config["serve"]["max_candidates"] == 50
     assert info.last_reload.ok is True
+    assert sum(info.batch_sizes.values()) > 0
 
 
 # -- hot reload (last: these change the served model)
@@ -295,7 +328,7 @@ def test_failed_reload_keeps_the_old_model_and_reports_it(endpoint, checkpoints,
 
     cli = typer.Typer()
     cli.command()(serve_command)
-    flags = ["--config", endpoint["args"]["config"], "--name", APP, "--port", str(endpoint["port"])]
+    flags = ["--config", endpoint["config"], "--name", APP, "--port", str(endpoint["port"])]
     result = CliRunner().invoke(cli, ["--model", str(broken), *flags])  # `seqctr serve` on a running app
     assert result.exit_code == 2, result.output
     assert "reload failed, still serving tiny" in result.output and "sha256 mismatch" in result.output

@@ -4,13 +4,15 @@ encoder cache, the schemas, the client's retries and the app builder's inputs.""
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
-from serving_helpers import offline_scores, tiny_serving_config, write_checkpoint
+from serving_helpers import offline_scores, tiny_serving_config
 
 from seqctr.cli.serve import connect_ray, running_cluster, serve_args
 from seqctr.platform.config import CONFIGS_DIR, ConfigError
@@ -45,17 +47,19 @@ class _Remote:
 
 def make_scorer(checkpoint, encoder=None, loader=None, *overrides: str):
     cfg = tiny_serving_config(*overrides)
-    scorer = Scorer(cfg.to_dict(), encoder, loader, torch_threads=0)
+    scorer = Scorer(cfg, encoder, loader, torch_threads=0)
     run(scorer.reconfigure({"model": str(checkpoint)}))
     return scorer
 
 
-def test_scores_equal_the_offline_predictor(checkpoints):
-    scorer = make_scorer(checkpoints["a"])
+@pytest.mark.parametrize("which", ["a", "b"], ids=["attention", "default-no-attention"])
+def test_scores_equal_the_offline_predictor(checkpoints, which):
+    scorer = make_scorer(checkpoints[which])
     for history in (HISTORY, HISTORY[:3], [], ["nobody-knows", "i2"]):
         out = run(scorer.score({"history": history, "candidates": CANDIDATES}))
-        np.testing.assert_allclose(out["scores"], offline_scores(checkpoints["a"], history, CANDIDATES), atol=1e-5)
+        np.testing.assert_allclose(out["scores"], offline_scores(checkpoints[which], history, CANDIDATES), atol=1e-5)
     assert [i["source"] for i in out["items"]] == ["known", "known", "hashed", "known"]
+    assert scorer.info()["batch_sizes"] == {1: 4}  # the plain class scores each request alone
 
 
 def test_click_timestamps_score_as_the_offline_predictor(checkpoints):
@@ -78,20 +82,57 @@ def test_click_timestamps_score_as_the_offline_predictor(checkpoints):
     assert prepare_job(scorer._current, mixed).hist_age.tolist() == [1] * 9 + [4]  # 5 s: 2 + floor(log2(6))
 
 
-def test_one_batch_of_many_requests_equals_each_alone(checkpoints):
-    model = make_scorer(checkpoints["a"])._current
-    jobs = [
-        prepare_job(model, {"history": HISTORY[:k], "candidates": CANDIDATES[: 1 + k % 4], "explain": True})
-        for k in range(12)
-    ]
+def forward_alone(model, job) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (C,), weights (C, n)) of one job by the model's forward() on the expanded batch."""
+    C = len(job.candidates)
+
+    def rows(a: np.ndarray) -> torch.Tensor:
+        return torch.tensor(a, dtype=torch.long).reshape(1, -1).expand(C, -1)  # (C, n)
+
+    batch = {
+        "hist_idx": rows(job.hist_idx),
+        "hist_bucket": rows(job.hist_bucket),
+        "hist_age": rows(job.hist_age),
+        "hist_len": torch.full((C,), len(job.hist_idx)),
+        "target_idx": torch.tensor(job.cand_idx),
+        "target_bucket": torch.tensor(job.cand_bucket),
+    }
+    if job.text is not None:
+        text, mask = torch.zeros(C, model.text_dim), torch.zeros(C, dtype=torch.bool)
+        text[job.cold], mask[job.cold] = torch.tensor(job.text), True
+        batch |= {"target_text": text, "target_text_mask": mask}
+    with torch.inference_mode():
+        logits, weights = model(batch, return_attention=True)
+    return torch.sigmoid(logits).numpy(), weights.numpy()
+
+
+@pytest.mark.parametrize("which", ["a", "b"], ids=["attention", "default-no-attention"])
+def test_one_batch_of_many_requests_equals_each_alone(checkpoints, which):
+    """Jobs of different history lengths (some empty), candidate counts and cold texts, in one batch,
+    against the model's forward() on each job alone."""
+    model = make_scorer(checkpoints[which])._current
+    rng = np.random.default_rng(0)
+    jobs = []
+    for k in range(12):
+        candidates = [*CANDIDATES[: 1 + k % 4], "cold-x"]
+        texts = [None] * (len(candidates) - 1) + (["a text"] if k % 3 == 0 else [None])
+        jobs.append(
+            prepare_job(model, {"history": HISTORY[:k], "candidates": candidates, "texts": texts, "explain": True})
+        )
+        if jobs[-1].cold:
+            jobs[-1].text = rng.normal(size=(1, model.model.text_dim)).astype(np.float32)
+    assert sum(bool(j.cold) for j in jobs) == 4
     together = score_jobs(model.model, jobs)
     for job, (probs, attention) in zip(jobs, together, strict=True):
-        [(alone, alone_attention)] = score_jobs(model.model, [job])
+        alone, weights = forward_alone(model.model, job)
         np.testing.assert_allclose(probs, alone, atol=1e-6)
+        if model.model.attention is None:
+            assert attention is None  # explain has nothing to show without target attention
+            continue
         assert attention.shape == (len(job.candidates), len(job.history))
+        np.testing.assert_allclose(attention, weights[:, : len(job.history)], atol=1e-6)
         if job.history:
             np.testing.assert_allclose(attention.sum(1), 1.0, atol=1e-5)
-            np.testing.assert_allclose(attention, alone_attention, atol=1e-6)
 
 
 def test_history_is_cut_to_the_most_recent(checkpoints):
@@ -122,13 +163,13 @@ def test_failed_reload_keeps_the_old_model(checkpoints):
 
 def test_new_replica_falls_back_when_its_model_fails(checkpoints):
     cfg = tiny_serving_config()
-    scorer = Scorer(cfg.to_dict(), torch_threads=0)
+    scorer = Scorer(cfg, torch_threads=0)
     run(scorer.reconfigure({"model": "/nowhere/broken", "fallback": str(checkpoints["a"])}))
     assert scorer.info()["checkpoint"] == str(checkpoints["a"]) and scorer.info()["last_reload"]["ok"] is False
     with pytest.raises(RuntimeError, match="no model to serve.*nowhere"):
-        run(Scorer(cfg.to_dict(), torch_threads=0).reconfigure({"model": "/nowhere/broken"}))
+        run(Scorer(cfg, torch_threads=0).reconfigure({"model": "/nowhere/broken"}))
     with pytest.raises(RuntimeError, match="no model loaded"):
-        Scorer(cfg.to_dict(), torch_threads=0).check_health()
+        Scorer(cfg, torch_threads=0).check_health()
     with pytest.raises(ValidationError, match="modle"):
         ModelSpec.model_validate({"modle": "x"})
 
@@ -235,12 +276,12 @@ def test_client_retries_connection_errors_and_503():
     assert err.value.status == 422 and err.value.detail[0]["loc"] == ["body", "candidates"]
 
 
-def test_app_config_and_builder_inputs(tmp_path, monkeypatch):
-    args, http = serve_args(CONFIGS_DIR / "serve.yaml", ["serve.max_batch_size=4"])
+def test_app_config_and_builder_inputs(monkeypatch):
+    args, http, cfg = serve_args(CONFIGS_DIR / "serve.yaml", ["serve.max_batch_size=4"])
     assert http == {"host": "127.0.0.1", "port": 8000}
-    assert args == {"config": "configs/default.yaml", "overrides": ["serve.max_batch_size=4"]}
-    cfg = app_config(AppArgs.model_validate(args))
+    assert args == {"experiment": cfg.to_dict()}  # the whole validated config, nothing left to read
     assert cfg.serve.max_batch_size == 4 and cfg.name == "seqctr"
+    assert app_config(AppArgs.model_validate(args)) == cfg
     assert autoscaling_config(cfg.serve) == {
         "min_replicas": 1,
         "max_replicas": 2,
@@ -250,14 +291,38 @@ def test_app_config_and_builder_inputs(tmp_path, monkeypatch):
     }
     with pytest.raises(ConfigError, match="serve.min_replicas=3 > serve.max_replicas=2"):
         app_config(AppArgs(overrides=["serve.min_replicas=3"]))
+    with pytest.raises(ValidationError, match="not both"):
+        AppArgs.model_validate({**args, "overrides": ["serve.max_batch_size=2"]})
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        AppArgs.model_validate({"experiment": {"serve": {"max_batch_size": 0}}})
     with pytest.raises(ValidationError, match="modle"):
         build_app({"modle": "x"})
     monkeypatch.delenv("SEQCTR_UNSET_KEY", raising=False)
     with pytest.raises(ConfigError, match="SEQCTR_UNSET_KEY"):
         read_api_key("SEQCTR_UNSET_KEY")
-    ckpt = write_checkpoint(tmp_path / "ck")
-    app = build_app({"model": str(ckpt), "overrides": ["serve.quantize=int8"]})
-    assert type(app).__name__ == "Application"
+
+
+def test_built_app_serves_the_int8_model_its_config_asks_for(checkpoints):
+    """The builder's config reaches the replica: serve.quantize=int8 gives a quantised model whose scores
+    differ slightly from fp32 (Serve's in-process local testing mode: no cluster, no HTTP)."""
+    from ray import serve
+
+    app = build_app({"model": str(checkpoints["a"]), "overrides": ["serve.quantize=int8"]})
+    handle = serve.run(app, name="int8_local", route_prefix=None, _local_testing_mode=True)
+    deadline = time.monotonic() + 60
+    while True:  # local testing mode loads the model (reconfigure) in the background
+        try:
+            info = handle.info.remote().result()
+            break
+        except RuntimeError:
+            assert time.monotonic() < deadline, "the local replica loaded no model"
+            time.sleep(0.05)
+    assert info["quantized"] == "int8" and info["checkpoint"] == str(checkpoints["a"])
+    candidates = [f"i{k}" for k in range(40)]
+    served = handle.score.remote({"history": HISTORY, "candidates": candidates}).result()["scores"]
+    fp32 = offline_scores(checkpoints["a"], HISTORY, candidates)
+    np.testing.assert_allclose(served, fp32, atol=0.02)
+    assert np.abs(np.asarray(served) - fp32).max() > 1e-6  # int8 weights, not the fp32 model
 
 
 def test_serve_joins_only_a_named_or_recorded_cluster(monkeypatch):
