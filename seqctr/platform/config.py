@@ -107,7 +107,18 @@ class TrainConfig(_Section):
     use_gpu: bool = Field(False, description="One GPU per worker; bf16 autocast on CUDA.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per training worker.")
     torch_threads: int = Field(0, ge=0, description="torch.set_num_threads per worker (0 = cpus_per_worker).")
-    batch_size: int = Field(512, ge=1, description="Samples per worker per step.")
+    batch_size: int = Field(
+        512,
+        ge=1,
+        description="Global batch: samples per optimisation step over all workers (split evenly across "
+        "train.num_workers and train.grad_accum_steps), so a config optimises the same at any worker count.",
+    )
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches summed into one optimisation step.")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none",
+        description="Scale train.lr with the global batch relative to train.lr_base_batch (none: lr as given).",
+    )
+    lr_base_batch: int = Field(512, ge=1, description="The global batch at which train.lr was chosen.")
     epochs: int = Field(5, ge=1, description="Maximum epochs.")
     max_train_samples: int = Field(
         0, ge=0, description="Train on at most this many samples (0 = all): quick campaigns on a subsample."
@@ -129,6 +140,28 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="Seed for weights, shuffling and augmentation.")
     storage_path: str = Field("work/runs", description="Where Ray Train writes runs and checkpoints.")
     run_name: str = Field("seqctr", description="Run folder name under storage_path; reused by --resume.")
+
+    @model_validator(mode="after")
+    def _batch_divides_across_workers(self) -> TrainConfig:
+        parts = self.num_workers * self.grad_accum_steps
+        if self.batch_size % parts:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) is the global batch and must divide evenly by "
+                f"train.num_workers x train.grad_accum_steps ({self.num_workers} x {self.grad_accum_steps}); "
+                f"try {max(parts, self.batch_size // parts * parts)}"
+            )
+        return self
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Samples one worker puts through one forward/backward pass."""
+        return self.batch_size // (self.num_workers * self.grad_accum_steps)
+
+    @property
+    def effective_lr(self) -> float:
+        """train.lr after train.lr_scaling for this global batch."""
+        ratio = self.batch_size / self.lr_base_batch
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[self.lr_scaling]
 
 
 class TuneConfig(_Section):

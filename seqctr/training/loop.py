@@ -33,10 +33,11 @@ from seqctr.training.ingest import to_model_inputs
 
 
 def make_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
-    groups = model.param_groups(cfg.train.lr, cfg.train.bert_lr, cfg.train.weight_decay)
+    lr = cfg.train.effective_lr
+    groups = model.param_groups(lr, cfg.train.bert_lr, cfg.train.weight_decay)
     if cfg.train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=cfg.train.lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -75,18 +76,16 @@ def epoch_seed(seed: int, rank: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch, stream]).generate_state(1)[0])
 
 
-def train_step(
+def micro_step(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
     batch: dict[str, torch.Tensor],
     cfg: ExperimentConfig,
     bucket_table: torch.Tensor,
     device: torch.device,
     generator: torch.Generator,
+    loss_scale: float = 1.0,
 ) -> torch.Tensor:
-    """One optimisation step on one batch (augmentation, autocast, clipping); returns the loss.
-
-    Shared by the epoch loop and bench/train_throughput.py's bare baseline, so both time the same step."""
+    """Forward and backward of one micro-batch (augmentation, autocast); returns its mean loss, on device."""
     t = cfg.train
     inputs = to_model_inputs(batch)
     inputs["hist_idx"], inputs["hist_bucket"], inputs["hist_len"], inputs["hist_age"] = augment_history(
@@ -104,12 +103,33 @@ def train_step(
     with autocast(device):
         logits = model(inputs)
     loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if t.grad_clip > 0:
-        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
-    optimizer.step()
+    (loss * loss_scale).backward()
     return loss.detach()
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: ExperimentConfig) -> None:
+    if cfg.train.grad_clip > 0:
+        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.train.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    cfg: ExperimentConfig,
+    bucket_table: torch.Tensor,
+    device: torch.device,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One optimisation step on one batch; returns the loss (on device: reading it would sync a GPU).
+
+    Shared by the epoch loop and bench/train_throughput.py's bare baseline, so both time the same step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = micro_step(model, batch, cfg, bucket_table, device, generator)
+    optimizer_step(model, optimizer, cfg)
+    return loss
 
 
 def train_epoch(
@@ -122,22 +142,40 @@ def train_epoch(
     generator: torch.Generator,
     seed: int,
 ) -> dict[str, float]:
+    """One pass over this worker's shard in micro-batches of batch_size / (workers x grad_accum_steps).
+
+    Gradients of grad_accum_steps micro-batches are summed (DDP syncs only on the last), and the loss
+    is accumulated on the device and read once, at the end: no host sync inside the loop."""
     model.train()
     t = cfg.train
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    micro = t.micro_batch_size
+    total_loss = torch.zeros((), device=device)
+    seen, start, pending = 0, time.perf_counter(), 0
     batches = shard.iter_torch_batches(
-        batch_size=t.batch_size,
+        batch_size=micro,
         device=device,
+        # Samples are stored grouped by user: the shuffle buffer, not the micro-batch, decides how mixed
+        # a batch is, so it holds as many samples at any worker count.
         local_shuffle_buffer_size=4 * t.batch_size,
         local_shuffle_seed=seed,
     )
+    optimizer.zero_grad(set_to_none=True)
     for batch in batches:
-        loss = train_step(model, optimizer, batch, cfg, bucket_table, device, generator)
         n = batch["label"].shape[0]
-        total_loss += float(loss) * n
+        pending += 1
+        last = pending == t.grad_accum_steps
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            loss = micro_step(model, batch, cfg, bucket_table, device, generator, 1.0 / t.grad_accum_steps)
+        if last:
+            optimizer_step(model, optimizer, cfg)
+            pending = 0
+        total_loss += loss * n
         seen += n
+    if pending:  # the epoch's last, partial accumulation still counts
+        optimizer_step(model, optimizer, cfg)
     elapsed = time.perf_counter() - start
-    return {"train_loss": total_loss / max(seen, 1), "train_samples": seen, "train_seconds": elapsed}
+    return {"train_loss": float(total_loss) / max(seen, 1), "train_samples": seen, "train_seconds": elapsed}
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -186,7 +224,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.manual_seed(epoch_seed(cfg.train.seed, rank, epoch, stream=0))
         generator.manual_seed(epoch_seed(cfg.train.seed, rank, epoch, stream=1))
         stats = train_epoch(model, optimizer, train_shard, cfg, bucket_table, device, generator, cfg.train.seed + epoch)
-        preds = _gather(predict_shard(model, val_shard, 4 * cfg.train.batch_size, device))
+        preds = _gather(predict_shard(model, val_shard, 4 * cfg.train.micro_batch_size, device))
         val = evaluate(preds["label"], preds["prob"], preds["user"])
         samples_per_s = stats["train_samples"] / max(stats["train_seconds"], 1e-9)
         metrics = {

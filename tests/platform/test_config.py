@@ -65,3 +65,19 @@ def test_resolve_paths_makes_local_paths_absolute_and_keeps_uris(tmp_path):
     resolved = resolve_paths(cfg, tmp_path)
     assert resolved.data.events == "s3://bucket/events"
     assert resolved.data.items == str(tmp_path / "rel" / "items")
+
+
+def test_batch_size_is_global_and_must_divide_across_workers():
+    cfg = ExperimentConfig().with_overrides(
+        {"train.batch_size": 512, "train.num_workers": 2, "train.grad_accum_steps": 2}
+    )
+    assert cfg.train.micro_batch_size == 128
+    with pytest.raises(ConfigError, match=r"train\.batch_size \(500\) is the global batch .* try 498"):
+        load_config(None, ["train.batch_size=500", "train.num_workers=3"])
+
+
+def test_lr_scaling_only_when_asked():
+    base = ExperimentConfig().with_overrides({"train.lr": 0.002, "train.batch_size": 2048})
+    assert base.train.effective_lr == 0.002
+    assert base.with_overrides({"train.lr_scaling": "linear"}).train.effective_lr == pytest.approx(0.008)
+    assert base.with_overrides({"train.lr_scaling": "sqrt"}).train.effective_lr == pytest.approx(0.004)
