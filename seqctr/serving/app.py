@@ -43,6 +43,7 @@ from ray.serve import Application
 from seqctr.platform.config import ConfigError, ExperimentConfig, ServeConfig, load_config, resolve_paths
 from seqctr.serving.deployments import CTRScorer, ItemEncoder, Loader, pin_model
 from seqctr.serving.schemas import (
+    API_KEY_HEADER,
     ErrorResponse,
     ModelInfo,
     RankRequest,
@@ -54,7 +55,6 @@ from seqctr.serving.schemas import (
 )
 
 logger = logging.getLogger("ray.serve")
-API_KEY_HEADER = "X-API-Key"
 
 fastapi_app = FastAPI(
     title="seqctr CTR endpoint",

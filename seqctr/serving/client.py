@@ -25,6 +25,7 @@ import httpx
 from pydantic import BaseModel
 
 from seqctr.serving.schemas import (
+    API_KEY_HEADER,
     CandidateItem,
     ModelInfo,
     RankRequest,
@@ -33,7 +34,6 @@ from seqctr.serving.schemas import (
     ScoreResponse,
 )
 
-API_KEY_HEADER = "X-API-Key"
 Candidate = str | int | CandidateItem | dict[str, Any]
 R = TypeVar("R", bound=BaseModel)
 RETRY_STATUSES = frozenset({500, 502, 503, 504})

@@ -44,9 +44,9 @@ from seqctr.platform.config import ExperimentConfig
 from seqctr.platform.model.ctr import CTRModel
 from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, encode_samples
 from seqctr.platform.model.predictor import load_model
+from seqctr.platform.registry import SCHEME as REGISTRY_SCHEME
 
 logger = logging.getLogger("ray.serve")
-REGISTRY_SCHEME = "registry://"
 Loader = Callable[[str, str], Any]
 """(checkpoint folder, device) -> an object with .model, .config, .index, .metrics (a LoadedModel)."""
 

@@ -26,6 +26,8 @@ from pydantic import (
     StringConstraints,
 )
 
+from seqctr.platform.data.contract import MAX_UNIX_SECONDS  # as the training data's timestamp check
+
 
 def _unicode(text: str) -> str:
     """JSON may escape an unpaired surrogate ("\\ud800"), which Python reads into a str that cannot be
@@ -69,7 +71,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, as the training data's timestamp check
+API_KEY_HEADER = "X-API-Key"  # the header that carries the key when serve.api_key_env is set
 # The bounds go before the BeforeValidator: after it, pydantic writes them into the OpenAPI schema as
 # "ge"/"le" (not JSON Schema) instead of "minimum"/"maximum", and clients and fuzzers miss them.
 UnixSeconds = Annotated[StrictInt, Field(ge=0, le=MAX_UNIX_SECONDS), BeforeValidator(_whole_number)]
