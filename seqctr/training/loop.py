@@ -210,6 +210,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"[seqctr] worker {rank}: warm start from {assets.init_from}")
 
     model = ray.train.torch.prepare_model(model)
+    getattr(model, "module", model).check_ranges = False  # no host sync per step (see CTRModel)
     optimizer = make_optimizer(getattr(model, "module", model), cfg)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)

@@ -296,6 +296,9 @@ class CTRModel(nn.Module):
         item_tokens: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         super().__init__()
+        # Range checks of the inputs cost one device->host sync per forward; training turns them off
+        # (its ingest builds in-range inputs by construction), serving and evaluation keep them on.
+        self.check_ranges = True
         if num_items < 2:
             raise ValueError(f"num_items={num_items}: the item index has at least rows 0 (padding) and 1")
         if cfg.bert_trainable_layers > 0 and not cfg.text:
@@ -330,7 +333,8 @@ class CTRModel(nn.Module):
         hist_age: Tensor | None,
         group: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Shape checks, then one device sync for all range checks; errors name the input key.
+        """Shape checks, then one device sync for all range checks (skipped when `check_ranges` is off);
+        errors name the input key.
         Returns the history (idx, bucket, age), given one padding column when it has none (L = 0);
         a missing `hist_age` means every real position's age is unknown."""
         if hist_idx.dim() != 2 or hist_bucket.shape != hist_idx.shape:
@@ -347,6 +351,8 @@ class CTRModel(nn.Module):
         if hist_len.shape != hist_idx.shape[:1]:
             raise ValueError(f"hist_len {tuple(hist_len.shape)} must be (B,) with B={hist_idx.shape[0]}")
         B = hist_idx.shape[0]
+        if not self.check_ranges:
+            return hist_idx, hist_bucket, hist_age
         if group is None:
             group = hist_len.new_zeros(0)
         bad = torch.stack(
