@@ -307,7 +307,7 @@ def test_a_submitted_job_runs_tasks_on_both_nodes(two_nodes, cli, monkeypatch):
     logs = ray_job_cli("logs", job_id, "--address", two_nodes.dashboard)
     assert logs.returncode == 0 and probe in logs.stdout, logs.stderr[-2000:]
     status = ray_job_cli("status", job_id, "--address", two_nodes.dashboard)
-    assert "SUCCEEDED" in status.stdout + status.stderr
+    assert "succeeded" in (status.stdout + status.stderr).lower()
 
 
 def test_stop_a_running_job(two_nodes, cli, monkeypatch):
@@ -374,4 +374,4 @@ def test_seqctr_train_puts_one_worker_on_each_node(two_nodes, cli, monkeypatch, 
     placement = {name: [(pid, ranks.get(pid)) for pid in pids] for name, pids in by_node.items()}
     print(f"\n[two-node] train job {job_id}: (pid, world_rank) by node {placement}, ids {two_nodes.node_ids}")
     assert len(workers) == 2 and all(len(pids) == 1 for pids in by_node.values()), by_node
-    assert list((shared / "runs" / "seqctr").glob("*/model.safetensors")), "no checkpoint in shared storage"
+    assert list((shared / "runs" / "seqctr").glob("*/*/model.safetensors")), "no checkpoint in shared storage"
