@@ -234,6 +234,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "epoch": epoch,
             **{f"val_{k}": float(v) for k, v in val.items()},
             "train_loss": stats["train_loss"],
+            "train_samples_per_worker": stats["train_samples"],
             "samples_per_s": samples_per_s * ctx.get_world_size(),
         }
         val_auc = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -math.inf

@@ -62,7 +62,13 @@ def make_datasets(cfg: ExperimentConfig, index_json: str) -> dict[str, ray.data.
         samples = read_samples(cfg.data.samples, split)
         if split == "train" and cfg.train.max_train_samples:
             samples = samples.limit(cfg.train.max_train_samples)
-        datasets[split] = encode_dataset(samples, index_json, cfg.model.id_buckets, cfg.data.max_seq_len).materialize()
+        encoded = encode_dataset(samples, index_json, cfg.model.id_buckets, cfg.data.max_seq_len)
+        if split == "train" and cfg.train.shuffle == "global":
+            # Stored samples run oldest to newest, so each worker's shard is one slice of time and the
+            # model depends on the worker count (1 worker ends an epoch on the newest samples). Shuffled
+            # once, every worker count sees the same mixture (see train.shuffle).
+            encoded = encoded.random_shuffle(seed=cfg.train.seed)
+        datasets[split] = encoded.materialize()
     return datasets
 
 
