@@ -1,1 +1,1 @@
-"""What every stage shares: config, schema, data, embeddings, features, model, checkpoints, metrics."""
+"""What every stage shares: config, storage, runs, registry, jobs, Ray start-up; data/ and model/ below."""

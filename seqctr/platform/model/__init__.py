@@ -1,1 +1,1 @@
-"""model"""
+"""The CTR model and what rebuilds it: features, the model, checkpoints, the predictor, metrics."""
