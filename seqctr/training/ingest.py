@@ -13,26 +13,30 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from seqctr.platform.model.features import MODEL_INPUTS, ItemIndex, encode_samples, hash_buckets
+from seqctr.platform.model.features import HASH_H64, MODEL_INPUTS, ItemIndex, encode_samples, hash_buckets
 
 USER_HASH_BUCKETS = 2**61  # groups users for GAUC; collisions are negligible at this size
+# Users only group rows within one evaluation (never stored with a model), so they take the
+# vectorised hash: no Python call per row of every batch.
+USER_HASH_SCHEME = HASH_H64
 MODEL_COLUMNS = (*MODEL_INPUTS, "label", "user")
 
 
 def encode_table(batch: pa.Table, index: ItemIndex, num_buckets: int, max_seq_len: int) -> dict[str, np.ndarray]:
     """Model tensors plus the columns evaluation needs: a user hash (for GAUC) and p_true if present."""
     out = encode_samples(batch, index, num_buckets, max_seq_len)
-    out["user"] = hash_buckets(batch.column("user_id").cast(pa.string()), USER_HASH_BUCKETS)
+    out["user"] = hash_buckets(batch.column("user_id"), USER_HASH_BUCKETS, USER_HASH_SCHEME)
     if "p_true" in batch.column_names:
         out["p_true"] = batch.column("p_true").to_numpy(zero_copy_only=False).astype(np.float64)
     return out
 
 
 class EncodeSamples:
-    """Ray Data callable class: the item index is deserialised once per actor."""
+    """Ray Data callable class: the item index is deserialised once per actor (its lookup table is
+    built on the first batch and reused by every later one)."""
 
-    def __init__(self, index_json: str, num_buckets: int, max_seq_len: int) -> None:
-        self.index = ItemIndex.from_json(index_json)
+    def __init__(self, index_json: str | bytes, num_buckets: int, max_seq_len: int) -> None:
+        self.index = ItemIndex.from_bytes(index_json)  # JSON text, or the Parquet bytes of the index
         self.num_buckets = num_buckets
         self.max_seq_len = max_seq_len
 
@@ -41,7 +45,7 @@ class EncodeSamples:
 
 
 def encode_dataset(
-    ds: ray.data.Dataset, index_json: str, num_buckets: int, max_seq_len: int, concurrency: int = 1
+    ds: ray.data.Dataset, index_json: str | bytes, num_buckets: int, max_seq_len: int, concurrency: int = 1
 ) -> ray.data.Dataset:
     """Map a samples dataset to model tensors (see MODEL_COLUMNS) with an actor pool."""
     return ds.map_batches(
