@@ -107,11 +107,13 @@ def hash64(ids: IdColumn, seed: int = 0) -> np.ndarray:
     words = np.ndarray(shape=(padded.size - 7,), dtype="<u8", buffer=padded, strides=(1,))
     h = _mix64(lengths.astype(np.uint64) ^ (np.uint64(seed) * _GOLDEN))
     n_words = (lengths + 7) // 8
+    shortest = int(lengths.min())
     for k in range(int(n_words.max())):
-        at = np.flatnonzero(n_words > k)
+        at = slice(None) if 8 * k < shortest else np.flatnonzero(n_words > k)  # ids with a k-th word
         word = words[starts[at] + 8 * k]
-        drop = (8 * (8 - np.minimum(lengths[at] - 8 * k, 8))).astype(np.uint64)  # bytes past the id's end
-        word = (word << drop) >> drop
+        if 8 * (k + 1) > shortest:  # some of these words run past their id's end: zero those bytes
+            drop = (8 * (8 - np.minimum(lengths[at] - 8 * k, 8))).astype(np.uint64)
+            word = (word << drop) >> drop
         h[at] = _mix64((h[at] ^ word) + _GOLDEN)
     return h
 
@@ -150,8 +152,8 @@ def hash_buckets(ids: IdColumn, num_buckets: int, scheme: str = HASH_BLAKE2B) ->
 class _HashTable:
     """Linear-probing map from unique uint64 hashes to positions, in two numpy arrays.
 
-    Built once per index; a lookup is one vectorised probe of WINDOW slots (rarely more), whatever
-    the catalogue size, where `pc.index_in` rebuilds a hash table of the whole catalogue on every call.
+    Built once per index; a lookup probes each key's home slot, then WINDOW slots at a time for the few
+    displaced keys, whatever the catalogue size (`pc.index_in` rebuilt a catalogue-sized table per call).
     The home slot is the hash's top bits, so sorting the hashes sorts the homes and the whole layout is
     one cumulative max: key i of the sorted order sits at max(its home, the slot after key i-1's).
     """
@@ -179,15 +181,15 @@ class _HashTable:
         out = np.full(hashes.size, -1, dtype=np.int64)
         pending = np.arange(hashes.size, dtype=np.int64)
         start = (hashes >> self.shift).astype(np.int64)
-        window = np.arange(self.WINDOW, dtype=np.int64)
+        width = 1  # most keys sit at their home slot: probe it alone first, then windows of WINDOW
         while pending.size:
-            slots = start[:, None] + window  # (Q, W)
+            slots = start[:, None] + np.arange(width)  # (Q, width)
             pos = self.pos[slots]
             hit = (self.keys[slots] == hashes[pending, None]) & (pos >= 0)
             found = hit.any(axis=1)
             out[pending[found]] = pos[hit]
             more = ~found & (pos >= 0).all(axis=1)  # no key and no empty slot yet: look further
-            pending, start = pending[more], start[more] + self.WINDOW
+            pending, start, width = pending[more], start[more] + width, self.WINDOW
         return out
 
 
@@ -279,16 +281,21 @@ class ItemIndex:
         A hash match is confirmed by comparing the strings, so a 64-bit collision with an unknown id
         can never return a wrong row.
         """
-        values = _as_string_array(ids)
+        return self._lookup(_as_string_array(ids))[0]
+
+    def _lookup(self, values: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
+        """(rows, the seed-0 `hash64` of `values` when it was computed, so h64 buckets reuse it)."""
         if len(values) == 0 or len(self._ids) == 0:
-            return np.full(len(values), UNKNOWN, dtype=np.int64)
+            return np.full(len(values), UNKNOWN, dtype=np.int64), None
         table = self._hash_table()
-        pos = table.find(hash64(values, self._seed))
+        hashes = hash64(values, self._seed)
+        pos = table.find(hashes)
         hit = pos >= 0
         if hit.any():
             same = pc.equal(values, self._ids.take(pa.array(np.where(hit, pos, 0))))
             hit &= pc.fill_null(same, False).to_numpy(zero_copy_only=False)
-        return np.where(hit, pos + FIRST_KNOWN, UNKNOWN).astype(np.int64, copy=False)
+        rows = np.where(hit, pos + FIRST_KNOWN, UNKNOWN).astype(np.int64, copy=False)
+        return rows, hashes if self._seed == 0 else None
 
     def hash_buckets(self, ids: IdColumn, num_buckets: int) -> np.ndarray:
         """`hash_buckets` of `ids` under this index's scheme (what an unknown id gets)."""
@@ -422,10 +429,12 @@ def encode_ids(ids: IdColumn, index: ItemIndex, num_buckets: int) -> tuple[np.nd
     their own string under the index's scheme; null ids get row 1, bucket 0. Cost grows with len(ids).
     """
     values = _as_string_array(ids)
-    rows = index.lookup(values)
+    rows, hashes = index._lookup(values)
     buckets = index.buckets(num_buckets)[rows]
     unknown = np.flatnonzero(rows == UNKNOWN)
-    if unknown.size:
+    if unknown.size and hashes is not None and index.hash_scheme == HASH_H64 and not values.null_count:
+        buckets[unknown] = (hashes[unknown] % np.uint64(num_buckets - 1)).astype(np.int64) + 1  # = hash_buckets
+    elif unknown.size:
         buckets[unknown] = index.hash_buckets(values.take(pa.array(unknown)), num_buckets)
     return rows, buckets
 
