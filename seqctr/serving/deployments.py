@@ -42,7 +42,7 @@ from ray.serve.exceptions import RayServeException
 
 from seqctr.platform.config import ExperimentConfig
 from seqctr.platform.model.ctr import CTRModel
-from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, encode_samples
+from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, encode_ids
 from seqctr.platform.model.predictor import load_model
 from seqctr.platform.registry import SCHEME as REGISTRY_SCHEME
 
@@ -203,10 +203,9 @@ class Job:
 
 
 def encode_items(ids: list[str], index: ItemIndex, num_buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, buckets) of item ids, encoded by `features.encode_samples` as training encodes targets, so
-    serving can never drift from it: known items use the index, unknown ids (row 1) hash their string."""
-    arrays = encode_samples({"history": [[]] * len(ids), "target": ids}, index, num_buckets, max_seq_len=1)
-    return arrays["target_idx"], arrays["target_bucket"]
+    """(rows, buckets) of item ids by `features.encode_ids`, the encoder training uses, so serving can never
+    drift from it: known items use the index, unknown ids (row 1) hash their string."""
+    return encode_ids(ids, index, num_buckets)
 
 
 def click_ages(payload: dict[str, Any], kept: int) -> np.ndarray:

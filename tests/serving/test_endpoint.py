@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 
 from seqctr.cli.serve import api_key_env_vars, deploy, live_applications, score_command, serve_args, serve_command
 from seqctr.platform.data.embeddings import TextEncoder
-from seqctr.platform.model.features import hash_buckets
 from seqctr.platform.model.predictor import load_model
 from seqctr.serving.client import AsyncCTRClient, CTRClient
 
@@ -135,7 +134,7 @@ def test_cold_start_item_scores_by_its_text_embedding(client, checkpoints):
             hist_bucket,
             torch.tensor([len(hist)]),
             torch.tensor([1]),
-            torch.as_tensor(hash_buckets(["brand-new"], cfg.model.id_buckets)),
+            torch.as_tensor(loaded.index.hash_buckets(["brand-new"], cfg.model.id_buckets)),
             torch.as_tensor(vector),
             torch.tensor([True]),
         )
