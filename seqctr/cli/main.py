@@ -1,4 +1,4 @@
-"""The one entry point: `seqctr data|embed|train|evaluate|tune|models|serve|score|submit|jobs|demo`.
+"""The one entry point: `seqctr config|data|embed|train|evaluate|tune|models|serve|score|submit|demo`.
 
     seqctr data generate --out work/data           # synthetic log with known truth
     seqctr data build --events work/data/events    # samples via Ray Data

@@ -1,7 +1,7 @@
 """`seqctr serve` (start the endpoint, or hot-reload a running one) and `seqctr score` (call it).
 
     seqctr serve --model registry://seqctr@production              # start; blocks until Ctrl-C
-    seqctr serve --model work/runs/seqctr/checkpoint_3 --detach     # on a running cluster (RAY_ADDRESS)
+    seqctr serve --model work/runs/seqctr/latest --detach           # on a running cluster (RAY_ADDRESS)
     seqctr serve --model registry://seqctr@v4                       # app already running: hot reload
     seqctr score --url http://127.0.0.1:8000 --history i1,i2,i3 --candidates i4,i5 --rank 1
 

@@ -45,6 +45,7 @@ from seqctr.platform.model.ctr import CTRModel
 from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, encode_ids
 from seqctr.platform.model.predictor import load_model
 from seqctr.platform.registry import SCHEME as REGISTRY_SCHEME
+from seqctr.platform.runs import resolve_latest
 
 logger = logging.getLogger("ray.serve")
 Loader = Callable[[str, str], Any]
@@ -133,8 +134,9 @@ def resolve_checkpoint(uri: str, cfg: ExperimentConfig) -> str:
 
 
 def pin_model(uri: str, cfg: ExperimentConfig) -> str:
-    """registry://NAME@ALIAS -> registry://NAME@v0003 (the version the alias names now); a local folder
-    -> its absolute path; other URIs unchanged."""
+    """registry://NAME@ALIAS -> registry://NAME@v0003 (the version the alias names now); RUNS/NAME/latest
+    -> the checkpoint it points at now; a local folder -> its absolute path; other URIs unchanged."""
+    uri = resolve_latest(uri) or uri
     if uri.startswith(REGISTRY_SCHEME):
         from seqctr.platform.registry import Registry, default_registry_root
 

@@ -1,6 +1,6 @@
 """Exact offline evaluation of a checkpoint: Ray Data scores, the driver gathers only (label, p, user).
 
-    seqctr evaluate --checkpoint work/runs/seqctr/epoch_002 --events work/data/events
+    seqctr evaluate --checkpoint work/runs/seqctr/latest --events work/data/events
 
 Metrics are computed once over every prediction (never averaged per batch); when the log carries
 the generator's `p_true`, the oracle AUC and the model's share of the oracle's lift are added.

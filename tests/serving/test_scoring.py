@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from serving_helpers import offline_scores, tiny_serving_config
 
 from seqctr.cli.serve import connect_ray, running_cluster, serve_args
-from seqctr.platform.config import CONFIGS_DIR, ConfigError
+from seqctr.platform.config import CONFIGS_DIR, ConfigError, ExperimentConfig
 from seqctr.platform.data.embeddings import TextEncoder
 from seqctr.platform.model.predictor import load_model
 from seqctr.serving.app import AppArgs, app_config, autoscaling_config, build_app, read_api_key
@@ -335,3 +335,13 @@ def test_serve_joins_only_a_named_or_recorded_cluster(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     with pytest.raises(ConfigError, match="--detach needs a running Ray cluster"):
         connect_ray(detach=True)
+
+
+def test_serving_pins_the_latest_run_to_its_checkpoint(tmp_path):
+    from seqctr.platform.runs import write_latest
+    from seqctr.serving.deployments import pin_model
+
+    root = tmp_path / "runs" / "seqctr"
+    write_latest(root, {"run_id": "20260101-000000-aaaa", "best_checkpoint": str(tmp_path / "ck" / "epoch_001")})
+    # what the endpoint reports and hot-reloads from is the run's checkpoint, not the moving pointer
+    assert pin_model(str(root / "latest"), ExperimentConfig()) == str(tmp_path / "ck" / "epoch_001")
