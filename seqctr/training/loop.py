@@ -154,7 +154,7 @@ def train_epoch(
     batches = shard.iter_torch_batches(
         batch_size=micro,
         device=device,
-        # Samples are stored grouped by user: the shuffle buffer, not the micro-batch, decides how mixed
+        # Samples are stored oldest to newest: the shuffle buffer, not the micro-batch, decides how mixed
         # a batch is, so it holds as many samples at any worker count.
         local_shuffle_buffer_size=4 * t.batch_size,
         local_shuffle_seed=seed,
