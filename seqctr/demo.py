@@ -90,7 +90,7 @@ def _train(cfg: ExperimentConfig) -> dict[str, Any]:
 def full_budget_config(cfg: ExperimentConfig, best_config: dict[str, Any]) -> ExperimentConfig:
     """The campaign winner's settings on production's budget (the whole train split, production's epochs),
     so the promotion compares like with like: a trial trained on a subsample never faces a full run."""
-    tuned = {key: getattr(v, "item", lambda v=v: v)() for key, v in best_config.items() if key not in DEMO_TUNE}
+    tuned = {key: v.item() if hasattr(v, "item") else v for key, v in best_config.items() if key not in DEMO_TUNE}
     return cfg.with_overrides({**tuned, "train.run_name": f"{cfg.train.run_name}-challenger"})
 
 

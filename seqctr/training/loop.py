@@ -212,8 +212,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # The only buffers are frozen item tables, identical on every worker (the same assets): DDP's default
     # broadcast of buffers would copy the whole (items x text) table on every forward (1.5 GB at 1M items).
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
-    getattr(model, "module", model).check_ranges = False  # no host sync per step (see CTRModel)
-    optimizer = make_optimizer(getattr(model, "module", model), cfg)
+    core = getattr(model, "module", model)  # the CTRModel inside DDP
+    core.check_ranges = False  # no host sync per step (see CTRModel)
+    optimizer = make_optimizer(core, cfg)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
 

@@ -204,10 +204,9 @@ def test_submit_without_address_exits_2_with_the_fix(cli, monkeypatch):
 def test_unreachable_cluster_exits_2(cli, monkeypatch):
     monkeypatch.chdir(REPO)
     address = f"http://127.0.0.1:{free_port()}"
-    for args in (["submit", "--address", address, "--", "seqctr", "train"],):
-        result = CliRunner().invoke(cli, args)
-        assert result.exit_code == 2, result.output
-        assert f"error: cannot reach the Ray Jobs API at {address}" in result.output
+    result = CliRunner().invoke(cli, ["submit", "--address", address, "--", "seqctr", "train"])
+    assert result.exit_code == 2, result.output
+    assert f"error: cannot reach the Ray Jobs API at {address}" in result.output
 
 
 def test_submit_reports_a_bad_config_before_contacting_the_cluster(cli, monkeypatch):
