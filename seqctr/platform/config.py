@@ -207,6 +207,14 @@ class ServeConfig(_Section):
     api_key_env: str = Field("", description="Env var holding an API key; empty = no key required.")
     quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantisation on CPU.")
     encoder_cache_size: int = Field(10_000, ge=0, description="LRU size of the cold-start text encoder.")
+    # Sized so the default bounds fit 2 CPUs: max_replicas * (replica_cpus + encoder_cpus) <= 2.
+    replica_cpus: float = Field(0.5, gt=0, description="CPUs per CTRScorer replica (torch threads: max(1, floor)).")
+    encoder_cpus: float = Field(0.25, ge=0, description="CPUs per ItemEncoder replica (autoscaled like the scorer).")
+    look_back_period_s: float = Field(30.0, gt=0, description="Autoscaling: window of the ongoing-request average.")
+    max_ongoing_requests: int = Field(0, ge=0, description="Requests a replica runs at once; 0 = from batch size.")
+    max_queued_requests: int = Field(
+        64, ge=-1, description="Requests queued for a busy scorer before a fast 503; -1 = unbounded."
+    )
 
 
 class RegistryConfig(_Section):

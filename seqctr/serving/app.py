@@ -27,8 +27,8 @@ the real request classes (not strings) to read them from the body.
 import hmac
 import json
 import logging
-import math
 import os
+import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
@@ -40,8 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import Application
 
-from seqctr.platform.config import ConfigError, ExperimentConfig, ServeConfig, load_config, resolve_paths
-from seqctr.serving.deployments import CTRScorer, ItemEncoder, Loader, pin_model
+from seqctr.platform.config import ConfigError, ExperimentConfig, load_config, resolve_paths
+from seqctr.serving.deployments import CTRScorer, ItemEncoder, Job, Loader, pin_model, response_bytes
 from seqctr.serving.schemas import (
     API_KEY_HEADER,
     ErrorResponse,
@@ -53,6 +53,13 @@ from seqctr.serving.schemas import (
     candidates_error,
     validation_error,
 )
+from seqctr.serving.sizing import (
+    autoscaling_config,
+    max_ongoing_requests,
+    replica_sizes,
+    warn_if_unplaceable,
+)
+from seqctr.serving.telemetry import StageTimes
 
 logger = logging.getLogger("ray.serve")
 
@@ -90,22 +97,29 @@ class BodySizeLimit:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":  # the start of the `parse` stage (telemetry.py)
+            scope.setdefault("state", {})[ARRIVED] = time.perf_counter()
         limit = getattr(scope.get("app").state, "max_body_bytes", None) if scope.get("app") else None
         if scope["type"] != "http" or limit is None:
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await self._reject(scope, receive, send, limit)
-        body, more = b"", True
+        chunks: list[bytes] = []  # joined once: `body += chunk` would copy the body again per chunk
+        size, more = 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
             more = message.get("more_body", False)
-            if len(body) > limit:
+            if size > limit:
                 return await self._reject(scope, receive, send, limit)
-        content_type = dict(scope["headers"]).get(b"content-type")
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        content_type = headers.get(b"content-type")
         if is_json_media(content_type.decode("latin-1") if content_type is not None else None):
             try:
                 body.decode("utf-8")
@@ -132,7 +146,17 @@ class BodySizeLimit:
         await JSONResponse({"detail": [error]}, status_code=413)(scope, receive, send)
 
 
+ARRIVED = "seqctr_arrived"  # scope["state"] key: perf_counter() when the replica's ASGI app got the request
 fastapi_app.add_middleware(BodySizeLimit)
+
+
+def request_times(http: Request) -> StageTimes:
+    """Stage times of a request, the clock started when the middleware first saw it."""
+    times = StageTimes()
+    arrived = (http.scope.get("state") or {}).get(ARRIVED)
+    if arrived is not None:
+        times.start(arrived)
+    return times
 
 
 @fastapi_app.exception_handler(RequestValidationError)
@@ -157,7 +181,8 @@ def read_api_key(env_name: str) -> str | None:
     return value
 
 
-def require_api_key(request: Request, key: str | None = Security(api_key_header)) -> None:
+# The guards are async: FastAPI runs a sync dependency in its threadpool, a hand-off per request each.
+async def require_api_key(request: Request, key: str | None = Security(api_key_header)) -> None:
     expected = getattr(request.app.state, "api_key", None)
     if expected is None:
         return
@@ -168,7 +193,7 @@ def require_api_key(request: Request, key: str | None = Security(api_key_header)
         raise HTTPException(status_code=401, detail=[error], headers={"WWW-Authenticate": "ApiKey"})
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """415 for a body declared as anything but JSON (a body without Content-Type is read as JSON).
 
     Why: FastAPI reads a body of another media type as raw bytes and answers a 422 about a missing object,
@@ -182,6 +207,11 @@ def require_json(request: Request) -> None:
     raise HTTPException(status_code=415, detail=[error])
 
 
+NO_RETRY_HEADER = "X-Seqctr-No-Retry"
+"""Set on the app's own 500s: the failure is deterministic, so the client does not retry it (a 500 from
+Serve's proxy, e.g. when the replica holding the request died, has no such header and is retried)."""
+
+
 def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorResponse, "description": description}
 
@@ -190,8 +220,8 @@ def _error(description: str) -> dict[str, Any]:
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error(f"Missing or wrong {API_KEY_HEADER} header (when serve.api_key_env is set)."),
     413: _error("Request body larger than serve.max_body_bytes."),
-    500: _error("Scoring failed; the message says why."),
-    503: _error("No model loaded yet."),
+    500: _error(f"Scoring failed; the message says why (with header {NO_RETRY_HEADER}: the same request fails again)."),
+    503: _error("No model loaded yet, or every replica busy and serve.max_queued_requests queued: retry later."),
 }
 POST_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 415: _error("Content-Type is not application/json.")}
 POST_GUARDS = [Depends(require_api_key), Depends(require_json)]
@@ -223,27 +253,38 @@ class CTRScorerDeployment(CTRScorer):
         if error is not None:
             raise RequestValidationError([error])
 
-    async def _guarded(self, call: Any) -> dict[str, Any]:
+    async def _score_http(self, request: ScoreRequest, http: Request) -> tuple[dict[str, Any], Job]:
+        times = request_times(http)
+        self._check_limits(request)
+        payload = request.payload()
+        times.stop("parse")
         try:
-            return await call
+            return await self.score_job(payload, times)
         except Exception as err:  # noqa: BLE001 - one logged line, a 500 that says what failed
             logger.exception("request failed")
-            raise HTTPException(status_code=500, detail=f"scoring failed: {type(err).__name__}: {err}") from err
+            detail = f"scoring failed: {type(err).__name__}: {err}"
+            raise HTTPException(status_code=500, detail=detail, headers={NO_RETRY_HEADER: "1"}) from err
+
+    def _respond(self, body: dict[str, Any], job: Job, scored: dict[str, Any]) -> Response:
+        content = response_bytes(body)
+        job.times.stop("response")
+        self.record(job, scored)
+        return Response(content, media_type="application/json")
 
     @fastapi_app.post("/v1/score", response_model=ScoreResponse, dependencies=POST_GUARDS, responses=POST_ERRORS)
-    async def http_score(self, request: ScoreRequest) -> dict[str, Any]:
+    async def http_score(self, request: ScoreRequest, http: Request) -> Response:
         """Click probabilities of every candidate, in candidate order."""
-        self._check_limits(request)
-        return await self._guarded(self.score(request.payload()))
+        scored, job = await self._score_http(request, http)
+        return self._respond(scored, job, scored)
 
     @fastapi_app.post("/v1/rank", response_model=RankResponse, dependencies=POST_GUARDS, responses=POST_ERRORS)
-    async def http_rank(self, request: RankRequest) -> dict[str, Any]:
+    async def http_rank(self, request: RankRequest, http: Request) -> Response:
         """The k best candidates by click probability, best first (ties keep request order)."""
-        self._check_limits(request)
-        scored = await self._guarded(self.score(request.payload()))
+        scored, job = await self._score_http(request, http)
         items = scored["items"]
         order = sorted(range(len(items)), key=lambda i: -items[i]["score"])[: request.k]
-        return {**scored, "items": [items[i] for i in order]}
+        ranked = {k: v for k, v in scored.items() if k != "scores"} | {"items": [items[i] for i in order]}
+        return self._respond(ranked, job, scored)
 
     @fastapi_app.get("/v1/model", response_model=ModelInfo, dependencies=[Depends(require_api_key)], responses=ERRORS)
     async def http_model(self) -> dict[str, Any]:
@@ -275,8 +316,12 @@ class AppArgs(BaseModel):
         default_factory=list, description="Dotted overrides of `config`, e.g. serve.max_batch_size=8."
     )
     model: str | None = Field(None, description="registry://NAME@ALIAS or a checkpoint folder (default serve.model).")
-    scorer_cpus: float = Field(1.0, gt=0, description="CPUs per CTRScorer replica (also its torch threads).")
-    encoder_cpus: float = Field(0.5, ge=0, description="CPUs of the ItemEncoder replica.")
+    scorer_cpus: float | None = Field(
+        None, gt=0, description="CPUs per CTRScorer replica (default serve.replica_cpus; torch threads follow)."
+    )
+    encoder_cpus: float | None = Field(
+        None, ge=0, description="CPUs per ItemEncoder replica (default serve.encoder_cpus)."
+    )
 
     @model_validator(mode="after")
     def _one_config_source(self) -> "AppArgs":
@@ -297,17 +342,6 @@ def app_config(args: AppArgs) -> ExperimentConfig:
             "(flags --set serve.min_replicas / serve.max_replicas)"
         )
     return cfg
-
-
-def autoscaling_config(serve_cfg: ServeConfig) -> dict[str, Any]:
-    """The CTRScorer's Serve autoscaling_config, straight from ServeConfig."""
-    return {
-        "min_replicas": serve_cfg.min_replicas,
-        "max_replicas": serve_cfg.max_replicas,
-        "target_ongoing_requests": serve_cfg.target_ongoing_requests,
-        "upscale_delay_s": serve_cfg.upscale_delay_s,
-        "downscale_delay_s": serve_cfg.downscale_delay_s,
-    }
 
 
 def model_user_config(cfg: ExperimentConfig, fallback: str | None = None, strict: bool = True) -> dict[str, Any]:
@@ -331,25 +365,35 @@ def make_app(
     cfg: ExperimentConfig,
     *,
     loader: Loader | None = None,
-    scorer_cpus: float = 1.0,
-    encoder_cpus: float = 0.5,
+    scorer_cpus: float | None = None,
+    encoder_cpus: float | None = None,
     user_config: dict[str, Any] | None = None,
 ) -> Application:
-    """The deployment graph for `cfg`; `loader` replaces the checkpoint loader (tests pass a fake)."""
+    """The deployment graph for `cfg`; `loader` replaces the checkpoint loader (tests pass a fake).
+
+    Replica CPUs default to `serve.replica_cpus` / `serve.encoder_cpus` (torch threads to match); when
+    `serve.max_replicas` of them cannot fit the connected cluster's CPUs, a warning says so here, at
+    build time (the build of `serve run`/`serve deploy`/`seqctr serve`, whose driver prints it)."""
     serve_cfg = cfg.serve
-    encoder = ItemEncoder.options(ray_actor_options={"num_cpus": encoder_cpus}).bind(serve_cfg.encoder_cache_size)
-    scorer_options: dict[str, Any] = {"num_cpus": scorer_cpus}
+    sizes = replica_sizes(serve_cfg, scorer_cpus, encoder_cpus)
+    warn_if_unplaceable(serve_cfg, sizes)
+    autoscaling = autoscaling_config(serve_cfg)
+    encoder = ItemEncoder.options(
+        autoscaling_config=autoscaling, ray_actor_options={"num_cpus": sizes.encoder_cpus}
+    ).bind(serve_cfg.encoder_cache_size, sizes.encoder_threads)
+    scorer_options: dict[str, Any] = {"num_cpus": sizes.scorer_cpus}
     key_env = serve_cfg.api_key_env
     if key_env and os.environ.get(key_env):
         # The replicas may not inherit this process's environment (a cluster): hand the key over.
         scorer_options["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
     return CTRScorerDeployment.options(
-        autoscaling_config=autoscaling_config(serve_cfg),
-        # Room for a full batch per replica, and for the autoscaler's target.
-        max_ongoing_requests=max(8, 2 * serve_cfg.max_batch_size, math.ceil(2 * serve_cfg.target_ongoing_requests)),
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=max_ongoing_requests(serve_cfg),
+        # Beyond this many waiting requests the proxy answers 503 at once instead of queueing unboundedly.
+        max_queued_requests=serve_cfg.max_queued_requests,
         user_config=user_config or model_user_config(cfg, strict=False),
         ray_actor_options=scorer_options,
-    ).bind(cfg, encoder, loader, max(1, int(scorer_cpus)))
+    ).bind(cfg, encoder, loader, sizes.scorer_threads)
 
 
 def build_app(args: AppArgs) -> Application:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -29,6 +30,7 @@ import time
 import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +48,7 @@ from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, enco
 from seqctr.platform.model.predictor import load_model
 from seqctr.platform.registry import SCHEME as REGISTRY_SCHEME
 from seqctr.platform.runs import resolve_latest
+from seqctr.serving.telemetry import ServingMetrics, StageTimes
 
 logger = logging.getLogger("ray.serve")
 Loader = Callable[[str, str], Any]
@@ -202,6 +205,7 @@ class Job:
     cold_texts: list[str]
     explain: bool
     text: np.ndarray | None = None  # (len(cold), Dt) once embedded
+    times: StageTimes = field(default_factory=StageTimes)  # per-stage milliseconds (telemetry.py)
 
 
 def encode_items(ids: list[str], index: ItemIndex, num_buckets: int) -> tuple[np.ndarray, np.ndarray]:
@@ -306,22 +310,26 @@ def score_jobs(model: CTRModel, jobs: list[Job], device: torch.device | str = "c
 
 def build_response(model: ServingModel, job: Job, probs: np.ndarray, attention: Any) -> dict[str, Any]:
     """A ScoreResponse-shaped dict, candidates in request order."""
+    scores = probs.tolist()  # Python floats in one call, shared by `scores` and the items
+    rows = attention.tolist() if attention is not None else None
     items = [
-        {
-            "item_id": item,
-            "score": float(p),
-            "source": source,
-            "attention": attention[i].tolist() if attention is not None else None,
-        }
-        for i, (item, p, source) in enumerate(zip(job.candidates, probs, job.sources, strict=True))
+        {"item_id": item, "score": p, "source": source, "attention": rows[i] if rows is not None else None}
+        for i, (item, p, source) in enumerate(zip(job.candidates, scores, job.sources, strict=True))
     ]
     return {
         "model": model.name,
         "version": model.version,
-        "scores": [float(p) for p in probs],
+        "scores": scores,
         "items": items,
         "history": job.history if job.explain else None,
     }
+
+
+def response_bytes(body: dict[str, Any]) -> bytes:
+    """A response dict as JSON, once: the routes send these bytes as they are, so FastAPI neither
+    re-validates the dict against the response model nor encodes it a second time. (Scores are finite
+    sigmoid outputs, so no NaN reaches the encoder; ASCII escapes keep any echoed id encodable.)"""
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 # ----------------------------------------------------------------------------- deployments
@@ -335,12 +343,15 @@ def _in_replica() -> bool:
     return True
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
 class ItemEncoder:
     """The BERT text encoder for cold-start candidates, with an LRU cache of text vectors.
 
-    Encoders are keyed by their settings, so a hot reload to a checkpoint embedded with another
-    encoder needs no restart.
+    Concurrent cold-start requests are batched (`@serve.batch`): the unique uncached texts of a whole
+    batch go through BERT in one call. BERT runs on one executor thread (a fast tokenizer must not be
+    used from two threads at once), and the cache lock is held only for cache reads and writes, never
+    across an encode, so cache hits of other requests are answered while BERT runs. Encoders are keyed
+    by their settings, so a hot reload to a checkpoint embedded with another encoder needs no restart.
     """
 
     def __init__(self, cache_size: int = 10_000, torch_threads: int = 1) -> None:
@@ -349,49 +360,69 @@ class ItemEncoder:
         self._cache_size = cache_size
         self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._encoders: dict[tuple, Any] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # the cache and its counters only
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqctr-bert")
+        self._batched = _in_replica()
         self.hits = self.misses = 0
 
-    def _encoder(self, name: str, max_length: int, pooling: str) -> Any:
+    def _encoder(self, settings: tuple) -> Any:
+        """The TextEncoder of `settings`, loaded on first use (on the BERT thread, so never twice)."""
         from seqctr.platform.data.embeddings import TextEncoder
 
-        key = (name, max_length, pooling)
-        with self._lock:  # one load per setting, never two at once (the 'tiny' BERT seeds the global RNG)
-            if key not in self._encoders:
-                self._encoders[key] = TextEncoder(name, max_length=max_length, pooling=pooling, device="cpu")
-            return self._encoders[key]
+        if settings not in self._encoders:
+            name, max_length, pooling = settings
+            self._encoders[settings] = TextEncoder(name, max_length=max_length, pooling=pooling, device="cpu")
+        return self._encoders[settings]
 
-    def _encode(self, texts: list[str], name: str, max_length: int, pooling: str) -> np.ndarray:
+    def _encode_many(self, requests: list[tuple[list[str], tuple]]) -> list[np.ndarray]:
+        """(len(texts), Dt) vectors per (texts, settings) request; runs on the BERT thread."""
         with self._lock:
-            settings = (name, max_length, pooling)
-            missing = [t for t in dict.fromkeys(texts) if (settings, t) not in self._cache]
-            self.hits += len(texts) - len(missing)
-            self.misses += len(missing)
-            fresh = dict(zip(missing, self._encoder(*settings).encode(missing), strict=True)) if missing else {}
-            vectors = [fresh[t] if t in fresh else self._cache[(settings, t)] for t in texts]
-            for t in texts:  # refresh recency, insert new vectors, evict the oldest
-                key = (settings, t)
-                self._cache[key] = fresh.get(t, self._cache.get(key))
-                self._cache.move_to_end(key)
-            while len(self._cache) > self._cache_size:
+            wanted: dict[tuple, dict[str, None]] = {}
+            for texts, settings in requests:
+                missing = [t for t in dict.fromkeys(texts) if (settings, t) not in self._cache]
+                self.hits += len(texts) - len(missing)
+                self.misses += len(missing)
+                wanted.setdefault(settings, {}).update(dict.fromkeys(missing))
+        fresh: dict[tuple, np.ndarray] = {}
+        for settings, texts in wanted.items():  # outside the lock: the slow part
+            if texts:
+                fresh.update(
+                    zip(((settings, t) for t in texts), self._encoder(settings).encode(list(texts)), strict=True)
+                )
+        out = []
+        with self._lock:
+            for texts, settings in requests:
+                keys = [(settings, t) for t in texts]
+                out.append(np.stack([fresh[k] if k in fresh else self._cache[k] for k in keys]).astype(np.float32))
+                for key in keys:  # refresh recency, insert new vectors
+                    self._cache[key] = fresh.get(key, self._cache.get(key))
+                    self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:  # evict the oldest
                 self._cache.popitem(last=False)
-            return np.stack(vectors).astype(np.float32)
+        return out
+
+    async def _on_bert_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def encode(self, texts: list[str], name: str, max_length: int, pooling: str) -> np.ndarray:
         """(len(texts), Dt) vectors of `texts` under the given encoder settings."""
-        return await asyncio.to_thread(self._encode, list(texts), name, max_length, pooling)
+        request = (list(texts), (name, max_length, pooling))
+        if self._batched:
+            return await self._encode_batch(request)
+        [vectors] = await self._on_bert_thread(self._encode_many, [request])
+        return vectors
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _encode_batch(self, requests: list[tuple[list[str], tuple]]) -> list[np.ndarray]:
+        return await self._on_bert_thread(self._encode_many, requests)
 
     async def warm(self, name: str, max_length: int, pooling: str) -> int:
         """Load the encoder now (a scorer calls this after loading a model); returns its dimension."""
-        return await asyncio.to_thread(lambda: self._encoder(name, max_length, pooling).dim)
+        return await self._on_bert_thread(lambda: self._encoder((name, max_length, pooling)).dim)
 
     def cache_info(self) -> dict[str, int]:
-        return {
-            "size": len(self._cache),
-            "capacity": self._cache_size,
-            "hits": self.hits,
-            "misses": self.misses,
-        }
+        with self._lock:
+            return {"size": len(self._cache), "capacity": self._cache_size, "hits": self.hits, "misses": self.misses}
 
 
 class CTRScorer:
@@ -423,6 +454,10 @@ class CTRScorer:
         self._reload_lock = asyncio.Lock()
         self._warming: asyncio.Future | None = None
         self._batched = _in_replica()  # @serve.batch needs a replica; plain-class tests score directly
+        self._metrics = ServingMetrics() if self._batched else None  # Serve's custom metrics live in replicas
+        # The forward runs here, off the event loop, so parsing the next requests overlaps the model;
+        # one thread, so batches never compete for the replica's CPU share.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqctr-model")
         self._batch_sizes: Counter[int] = Counter()  # batches scored, by requests per batch
         self._score_batch.set_max_batch_size(self._cfg.serve.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self._cfg.serve.batch_wait_timeout_s)
@@ -480,18 +515,38 @@ class CTRScorer:
     # -- scoring
 
     async def score(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """A ScoreResponse dict for `ScoreRequest.payload()`."""
+        """A ScoreResponse dict for `ScoreRequest.payload()` (the handle API; the HTTP routes call
+        `score_job` and serialise the answer themselves)."""
+        body, job = await self.score_job(payload)
+        job.times.stop("response")
+        self.record(job, body)
+        return body
+
+    async def score_job(self, payload: dict[str, Any], times: StageTimes | None = None) -> tuple[dict[str, Any], Job]:
+        """(ScoreResponse dict, the encoded job with its stage times so far); `times` carries the stages
+        before this call (parse), and its clock runs on into `response` for the caller to stop."""
         current = self._current
         if current is None:
             raise RuntimeError("CTRScorer has no model loaded")
+        times = times or StageTimes()
         job = prepare_job(current, payload)
+        job.times = times
+        times.stop("encode")
         if job.cold:
             job.text = await self._embed_cold(current, job)
+            times.stop("embed")
         if self._batched:
             probs, attention = await self._score_batch((current, job))
         else:
+            self._batch_sizes[1] += 1
             [(probs, attention)] = self._score_items([(current, job)])
-        return build_response(current, job, probs, attention)
+            times.stop("model")
+        return build_response(current, job, probs, attention), job
+
+    def record(self, job: Job, body: dict[str, Any]) -> None:
+        """Export a finished request's stage times and candidate sources (a no-op outside a replica)."""
+        if self._metrics is not None:
+            self._metrics.record_request(job.times, job.sources, body["model"], body["version"])
 
     async def _embed_cold(self, model: ServingModel, job: Job) -> np.ndarray | None:
         """Text vectors of the job's cold candidates; on any encoder failure they fall back to hashed."""
@@ -515,13 +570,18 @@ class CTRScorer:
 
     @serve.batch  # size and wait: set from serve: in __init__, never from here
     async def _score_batch(self, items: list[tuple[ServingModel, Job]]) -> list[tuple[np.ndarray, Any]]:
-        # Inline, not in a thread: a batch takes milliseconds, and on 2 CPUs a thread hand-off per
-        # batch costs more than it frees. Requests arriving meanwhile queue up for the next batch.
-        return self._score_items(items)
+        for _, job in items:
+            job.times.stop("batch_wait")
+        self._batch_sizes[len(items)] += 1  # on the event loop, where info() reads it
+        if self._metrics is not None:
+            self._metrics.record_batch(len(items))
+        results = await asyncio.get_running_loop().run_in_executor(self._executor, self._score_items, items)
+        for _, job in items:
+            job.times.stop("model")
+        return results
 
     def _score_items(self, items: list[tuple[ServingModel, Job]]) -> list[tuple[np.ndarray, Any]]:
         """Score a batch; during a hot swap a batch can hold two models, each scores its own jobs."""
-        self._batch_sizes[len(items)] += 1
         results: list[Any] = [None] * len(items)
         groups: dict[int, list[int]] = {}
         for i, (model, _) in enumerate(items):

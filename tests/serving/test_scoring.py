@@ -18,9 +18,10 @@ from seqctr.cli.serve import connect_ray, running_cluster, serve_args
 from seqctr.platform.config import CONFIGS_DIR, ConfigError, ExperimentConfig
 from seqctr.platform.data.embeddings import TextEncoder
 from seqctr.platform.model.predictor import load_model
-from seqctr.serving.app import AppArgs, app_config, autoscaling_config, build_app, read_api_key
+from seqctr.serving.app import AppArgs, app_config, build_app, read_api_key
 from seqctr.serving.client import CTRClient, CTRClientError
 from seqctr.serving.deployments import CTRScorer, ItemEncoder, ModelSpec, prepare_job, score_jobs
+from seqctr.serving.sizing import autoscaling_config
 from seqctr.serving.schemas import RankRequest, ScoreRequest, candidates_error
 
 Scorer = CTRScorer  # the plain class (app.py adds the routes): no Serve needed
@@ -288,6 +289,8 @@ def test_app_config_and_builder_inputs(monkeypatch):
         "target_ongoing_requests": 4.0,
         "upscale_delay_s": 5.0,
         "downscale_delay_s": 30.0,
+        "look_back_period_s": 30.0,
+        "metrics_interval_s": 10.0,
     }
     with pytest.raises(ConfigError, match="serve.min_replicas=3 > serve.max_replicas=2"):
         app_config(AppArgs(overrides=["serve.min_replicas=3"]))
