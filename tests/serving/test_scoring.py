@@ -21,8 +21,8 @@ from seqctr.platform.model.predictor import load_model
 from seqctr.serving.app import AppArgs, app_config, build_app, read_api_key
 from seqctr.serving.client import CTRClient, CTRClientError
 from seqctr.serving.deployments import CTRScorer, ItemEncoder, ModelSpec, prepare_job, score_jobs
-from seqctr.serving.sizing import autoscaling_config
 from seqctr.serving.schemas import RankRequest, ScoreRequest, candidates_error
+from seqctr.serving.sizing import autoscaling_config
 
 Scorer = CTRScorer  # the plain class (app.py adds the routes): no Serve needed
 HISTORY = [f"i{k}" for k in range(14)]
