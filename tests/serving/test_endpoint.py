@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from seqctr.cli.serve import api_key_env_vars, deploy, live_applications, score_
 from seqctr.platform.data.embeddings import TextEncoder
 from seqctr.platform.model.predictor import load_model
 from seqctr.serving.client import AsyncCTRClient, CTRClient
+from seqctr.serving.telemetry import STAGES
 
 APP = "seqctr_test"
 KEY_ENV = "SEQCTR_TEST_API_KEY"
@@ -275,6 +277,42 @@ def _stream(url: str, stop: threading.Event, results: list) -> None:
                 results.append(c.score(HISTORY, CANDIDATES))
             except Exception as err:  # noqa: BLE001 - any failure is what the test counts
                 results.append(err)
+
+
+def scrape_node_metrics() -> dict[str, list]:
+    """name -> samples of the local Ray node's Prometheus endpoint (where Serve's custom metrics go)."""
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    node = next(n for n in ray.nodes() if n["Alive"])
+    text = httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10).text
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def test_request_path_metrics_reach_prometheus(endpoint, client):
+    """Per-stage timers, batch sizes, candidates per request and by source, and the answering model's
+    version, as Serve custom metrics on the node's Prometheus endpoint (exported every few seconds)."""
+    candidates = ["i1", {"item_id": "metrics-new", "text": "blue rain jacket"}, "metrics-unseen"]
+    for _ in range(3):
+        assert [i.source for i in client.score(HISTORY, candidates).items] == ["known", "text", "hashed"]
+    deadline = time.monotonic() + 90  # Ray's metrics export interval, not a latency bound
+    while True:
+        metrics = scrape_node_metrics()
+        stages = {
+            s.labels["stage"]
+            for s in metrics.get("ray_seqctr_stage_ms", [])
+            if s.name.endswith("_count") and s.labels.get("application") == APP and s.value > 0
+        }
+        sources = {s.labels["source"]: s.value for s in metrics.get("ray_seqctr_candidates", [])}
+        if set(STAGES) <= stages and {"known", "text", "hashed"} <= sources.keys():
+            break
+        assert time.monotonic() < deadline, f"stages {stages}, sources {sources} after 90 s"
+        time.sleep(2)
+    assert all(sources[source] >= 3 for source in ("known", "text", "hashed"))
+    versions = {s.labels["version"] for s in metrics["ray_seqctr_requests"] if s.labels.get("application") == APP}
+    assert endpoint["version_a"] in versions
+    assert any(s.name.endswith("_count") and s.value > 0 for s in metrics["ray_seqctr_batch_size"])
+    assert any(s.name.endswith("_sum") and s.value >= 9 for s in metrics["ray_seqctr_candidates_per_request"])
 
 
 def test_hot_reload_under_load_loses_no_request(endpoint, checkpoints, client):
