@@ -66,7 +66,7 @@ def _train(cfg: ExperimentConfig) -> dict[str, Any]:
     from seqctr.training.trainer import run_training
     from seqctr.tuning.campaign import register_best
 
-    root = run_root(cfg.train.storage_path, cfg.train.run_name)
+    root = Path(run_root(cfg.train.storage_path, cfg.train.run_name))  # the demo's storage is local
     if (root / POINTER_FILE).exists():
         report = Path(read_latest(root)["run_dir"]) / "report" / "metrics.json"
         saved = json.loads(report.read_text()) if report.exists() else {}
@@ -181,7 +181,7 @@ def run_demo(cfg: ExperimentConfig, serve_seconds: float = 0) -> dict[str, Any]:
         "paths": {
             "report": str(Path(trained.get("run_dir", "")) / "report") if trained.get("run_dir") else None,
             "best_checkpoint": trained.get("best_checkpoint"),
-            "latest_run": str(run_root(cfg.train.storage_path, cfg.train.run_name) / "latest"),
+            "latest_run": str(Path(run_root(cfg.train.storage_path, cfg.train.run_name)) / "latest"),
             "registry": cfg.registry.root,
         },
         "stage_seconds": {k: round(v, 1) for k, v in stages.times.items()},

@@ -3,16 +3,23 @@
     ROOT/NAME/versions/v0003/       a verified, never-modified copy of a checkpoint directory
     ROOT/NAME/versions/v0003.json   its version record (lineage + metrics); written last, so a version
                                     exists only once its record does
+    ROOT/NAME/versions/v0003.claim  (object stores) the exclusive claim on the number
     ROOT/NAME/aliases.json          {"aliases": {"production": "v0003"}, "history": [...]}: the current
-                                    targets and every move, in one file so one rename updates both
-    ROOT/NAME/.lock                 flock'ed around every read-modify-write of aliases.json
+                                    targets and every move, in one file so one write updates both
+    ROOT/NAME/.lock                 (local) flock'ed around every read-modify-write of aliases.json
 
 Why this shape: serving and warm starts need `registry://NAME@production` to name exactly one complete,
-checksummed checkpoint, and two campaigns finishing at once must not lose a promotion. A version number
-is claimed with an exclusive `mkdir` (the next number on conflict); the copy is made and verified in a
-temporary folder, then renamed onto the claimed slot; aliases.json is replaced atomically under the
-lock. On a `pyarrow.fs` URI (s3://, gs://, ...) the layout is the same but the lock is a local file, so
-writers are safe on one machine and must be serialised across machines by the caller.
+checksummed checkpoint, and two campaigns finishing at once, on different machines, must not lose a
+promotion. ROOT may be a local folder or s3:// (AWS or any S3-compatible store via AWS_ENDPOINT_URL).
+
+Why conditional writes on S3 (and not a database): the registry must work wherever the checkpoints are,
+with nothing else to run or secure. S3 has strong read-after-write consistency and conditional PUTs,
+which is how table formats (Delta, Iceberg) commit on object storage: a version number is claimed with
+`If-None-Match: *` (one writer wins, the others take the next number), and aliases.json is replaced
+with `If-Match: <ETag it was read at>` (compare-and-swap); a writer that lost the race re-reads and
+decides again, so a promotion decided on stale state is re-decided, never lost. Locally the same
+guarantees come from an exclusive `mkdir` and an flock. Other pyarrow filesystems (gs://, ...) use a
+lock file on this machine: safe for writers on one machine only.
 
 No torch at import: checkpoint verification imports `seqctr.platform.model.checkpoint` only when needed, so
 `seqctr models list` stays fast.
@@ -26,9 +33,12 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -40,7 +50,7 @@ import pyarrow.fs as pafs
 
 from seqctr.platform.config import ExperimentConfig
 from seqctr.platform.runs import resolve_latest
-from seqctr.platform.storage import atomic_dir, atomic_write_text, filesystem_for, is_uri
+from seqctr.platform.storage import atomic_dir, atomic_write_text, default_file_mode, filesystem_for, is_uri
 
 SCHEME = "registry://"
 DEFAULT_ALIAS = "production"
@@ -48,7 +58,7 @@ MANIFEST = "manifest.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _VERSION_RE = re.compile(r"^v?(\d+)$")
-_SLOT_RE = re.compile(r"^v(\d+)(\.json)?$")
+_SLOT_RE = re.compile(r"^v(\d+)(\.json|\.claim)?$")
 _LOWER_IS_BETTER = {"loss", "logloss", "error", "ece", "mse", "rmse", "mae"}
 
 
@@ -195,12 +205,25 @@ def _check_copy(fs: pafs.FileSystem, dst: str, src: Path, manifest: dict[str, An
 
 
 # ------------------------------------------------------------------------------------- storage
+_CAS_ATTEMPTS = 50
+
+
 class _Store:
-    """Registry files on a pyarrow filesystem: listing, reading, atomic writes, a lock, new versions."""
+    """Registry files on a pyarrow filesystem: listing, reading, atomic writes, exclusive claims, and
+    read-modify-write transactions on a small JSON file.
+
+    Local (or a shared POSIX mount): exclusive `mkdir`/`O_EXCL` claims and an flock. S3 (and
+    S3-compatible stores): conditional PUTs, so writers on different machines need nothing but the
+    store: `If-None-Match: *` claims a key only if no one has it, `If-Match: ETAG` replaces a file only
+    if it is still the version that was read (compare-and-swap, retried on a lost race). Any other
+    pyarrow filesystem falls back to a lock file on this machine (safe for writers on one machine).
+    """
 
     def __init__(self, fs: pafs.FileSystem, base: str, display: str) -> None:
         self.fs, self.base, self.display = fs, base.rstrip("/"), display.rstrip("/")
         self.local = isinstance(fs, pafs.LocalFileSystem)
+        self.s3 = isinstance(fs, pafs.S3FileSystem)
+        self._client: Any = None
 
     def path(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base
@@ -213,6 +236,8 @@ class _Store:
         return sorted(info.base_name for info in infos)
 
     def read_text(self, rel: str) -> str | None:
+        if self.s3:  # one GET: pyarrow's ranged reads could mix two versions of a file being replaced
+            return self._s3_get(rel)[0]
         if self.fs.get_file_info(self.path(rel)).type != pafs.FileType.File:
             return None
         with self.fs.open_input_stream(self.path(rel)) as fh:
@@ -222,14 +247,95 @@ class _Store:
         if self.local:
             atomic_write_text(self.path(rel), text)
             return
-        tmp = f"{self.path(rel)}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(tmp) as fh:
+        with self.fs.open_output_stream(self.path(rel)) as fh:  # one PUT: the object appears whole
             fh.write(text.encode("utf-8"))
-        self.fs.move(tmp, self.path(rel))
+
+    # ------------------------------------------------------------------ S3 conditional writes
+    def _s3(self) -> Any:
+        """A boto3 client for the bucket's region; the endpoint comes from AWS_ENDPOINT_URL, credentials
+        from the standard AWS chain (as for pyarrow)."""
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3", region_name=self.fs.region or None)
+        return self._client
+
+    def _key(self, rel: str) -> tuple[str, str]:
+        bucket, _, key = self.path(rel).partition("/")
+        return bucket, key
+
+    def _s3_get(self, rel: str) -> tuple[str | None, str | None]:
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._key(rel)
+        try:
+            got = self._s3().get_object(Bucket=bucket, Key=key)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None, None
+            raise
+        return got["Body"].read().decode("utf-8"), got["ETag"]
+
+    def _s3_put_if(self, rel: str, text: str, etag: str | None) -> bool:
+        """PUT only if the key is still at `etag` (None: only if it does not exist). False if another
+        writer got there first."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._key(rel)
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            self._s3().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), **condition)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return False
+            raise
+        return True
+
+    # ------------------------------------------------------------------ claims and transactions
+    def claim(self, rel: str, text: str = "") -> bool:
+        """Create `rel` only if it does not exist yet; False if it does (another writer has it)."""
+        if self.s3:
+            return self._s3_put_if(rel, text, None)
+        if self.local:
+            Path(self.path(rel)).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path(rel), os.O_CREAT | os.O_EXCL | os.O_WRONLY, default_file_mode())
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            return True
+        if self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound:  # under the caller's lock
+            return False
+        self.write_text(rel, text)
+        return True
+
+    def transact(self, name: str, rel: str, change: Any) -> Any:
+        """Apply `change(text | None) -> (result, new_text | None)` to `rel` atomically and return result.
+
+        `change` sees the current contents and decides afresh on every attempt, so a decision is never
+        made on stale state: on S3 a lost compare-and-swap re-reads and re-decides; elsewhere the
+        read-decide-write runs under the lock. new_text None means nothing to write.
+        """
+        if not self.s3:
+            with self.lock(name):
+                result, new_text = change(self.read_text(rel))
+                if new_text is not None:
+                    self.write_text(rel, new_text)
+                return result
+        for attempt in range(_CAS_ATTEMPTS):
+            text, etag = self._s3_get(rel)
+            result, new_text = change(text)
+            if new_text is None or self._s3_put_if(rel, new_text, etag):
+                return result
+            time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))  # lost a race: back off, re-read
+        raise RegistryError(f"{self.join(rel)}: still contended after {_CAS_ATTEMPTS} attempts; retry")
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        """An exclusive flock: ROOT/NAME/.lock locally, a per-(root, model) file in the cache otherwise."""
+        """An exclusive flock: ROOT/NAME/.lock locally, a per-(root, model) file in the cache otherwise
+        (other stores than S3: writers on one machine only)."""
         if self.local:
             path = Path(self.path(name)) / ".lock"
         else:
@@ -244,19 +350,22 @@ class _Store:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def install_version(self, name: str, src: Path, manifest: dict[str, Any], manifest_sha: str) -> str:
-        """Copy `src` in as the next free version; the slot is claimed exclusively, the copy checked."""
+        """Copy `src` in as the next free version; the slot is claimed exclusively, the copy checked.
+
+        Object store: the slot is claimed with a `vNNNN.claim` key, the files are copied into
+        `vNNNN/` and checked; the caller's record `vNNNN.json`, written last, makes it visible.
+        """
         files = [*manifest["files"], MANIFEST]
         versions = self.path(f"{name}/versions")
         self.fs.create_dir(versions, recursive=True)
-        if not self.local:  # object stores have no exclusive create: claim under the (local) lock
-            with self.lock(name):
-                version = _next_slot(self.list_dir(f"{name}/versions"))
-                self.fs.create_dir(f"{versions}/{version}")
+        if not self.local:
+            version = self._claim_slot(name)
             try:
                 _copy_files(src, f"{versions}/{version}", files, self.fs)
                 _check_copy(self.fs, f"{versions}/{version}", src, manifest, manifest_sha)
             except BaseException:
-                self.fs.delete_dir(f"{versions}/{version}")
+                with contextlib.suppress(OSError):
+                    self.fs.delete_dir(f"{versions}/{version}")
                 raise
             return version
         tmp = Path(versions) / f".tmp-{uuid.uuid4().hex[:8]}"
@@ -276,6 +385,29 @@ class _Store:
             raise RegistryError(f"could not claim a version slot under {versions}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _claim_slot(self, name: str) -> str:
+        """The next version number, claimed with an exclusive create (the next number on conflict)."""
+        stamp = json.dumps({"claimed": _now(), "by": f"{socket.gethostname()}:{os.getpid()}"})
+        if self.s3:
+            for _ in range(10_000):
+                version = _next_slot(self.list_dir(f"{name}/versions"))
+                if self.claim(f"{name}/versions/{version}.claim", stamp):
+                    return version
+        else:
+            with self.lock(name):
+                version = _next_slot(self.list_dir(f"{name}/versions"))
+                if self.claim(f"{name}/versions/{version}.claim", stamp):
+                    return version
+        raise RegistryError(f"could not claim a version slot under {self.join(f'{name}/versions')}")
+
+    def write_record(self, rel: str, text: str) -> None:
+        """The version record, written once: on S3 with If-None-Match, so no writer can replace it."""
+        if self.s3:
+            if not self._s3_put_if(rel, text, None):
+                raise RegistryError(f"{self.join(rel)} already exists: its slot was claimed twice")
+            return
+        self.write_text(rel, text)
 
     def download(self, rel: str, local_dir: Path) -> None:
         pafs.copy_files(
@@ -338,8 +470,8 @@ class Registry:
         return [r for r in records if r is not None]
 
     def _state(self, name: str) -> dict[str, Any]:
-        state = self._read_json(f"{name}/aliases.json") or {}
-        return {"aliases": dict(state.get("aliases", {})), "history": list(state.get("history", []))}
+        rel = f"{name}/aliases.json"
+        return _parse_state(self._store.read_text(rel), self._store.join(rel))
 
     def aliases(self, name: str) -> dict[str, str]:
         """Alias -> version of `name` (e.g. {'production': 'v0003'})."""
@@ -417,7 +549,8 @@ class Registry:
         default it comes from the checkpoint's lineage.json (written by a warm start).
         """
         _check_name(name)
-        src = Path(checkpoint_dir).resolve()
+        source = str(checkpoint_dir)
+        src = Path(resolve_checkpoint_uri(source)) if is_uri(source) else Path(checkpoint_dir).resolve()
         manifest = _verify_local(src)
         manifest_sha = hashlib.sha256((src / MANIFEST).read_bytes()).hexdigest()
         version = self._store.install_version(name, src, manifest, manifest_sha)
@@ -433,7 +566,7 @@ class Registry:
             version=version,
             created=_now(),
             path=self._store.join(rel),
-            source=str(src),
+            source=source if is_uri(source) else str(src),
             run_id=str(run_id),
             trial_config=dict(trial_config or {}),
             data_fingerprint=data_fingerprint or lineage.get("data_fingerprint"),
@@ -442,23 +575,24 @@ class Registry:
             manifest_sha256=manifest_sha,
         )
         body = {k: v for k, v in record.to_dict().items() if k != "path"}
-        self._store.write_text(f"{rel}.json", json.dumps(body, indent=2, default=float))
+        self._store.write_record(f"{rel}.json", json.dumps(body, indent=2, default=float))
         return record
 
     def set_alias(self, name: str, alias: str, version: str | int, *, expected: str | None = None) -> str:
         """Point `alias` at `version`; with `expected`, only if it still points there ('' = unset)."""
         _check_alias(alias)
         target = self.get(f"{name}@{parse_version(version)}").version
-        with self._store.lock(name):
-            state = self._state(name)
+
+        def change(state: dict[str, Any]) -> tuple[str, bool]:
             current = state["aliases"].get(alias)
             if expected is not None and (current or "") != (parse_version(expected) if expected else ""):
                 raise RegistryError(
                     f"alias {alias!r} of model {name!r} points to {current or 'nothing'}, not "
                     f"{expected or 'nothing'}: it was moved meanwhile (re-read and retry)"
                 )
-            self._move(name, state, alias, target, action="set")
-        return target
+            return target, _move(state, alias, target, action="set")
+
+        return self._update_aliases(name, change)
 
     def promote(
         self,
@@ -482,8 +616,8 @@ class Registry:
                 f"cannot promote {candidate.ref}: it has no numeric metric {metric!r} "
                 f"(metrics: {', '.join(sorted(candidate.metrics)) or 'none'}); use force to move anyway"
             )
-        with self._store.lock(name):
-            state = self._state(name)
+
+        def change(state: dict[str, Any]) -> tuple[PromotionResult, bool]:
             current_version = state["aliases"].get(alias)
             current = self._read_record(name, current_version) if current_version else None
             if current_version and current is None and not force:
@@ -496,17 +630,20 @@ class Registry:
             if force and not moved and current_version != candidate.version:
                 moved, reason = True, f"forced ({reason})"
             if moved:
-                self._move(name, state, alias, candidate.version, action="promote", reason=reason)
-        return PromotionResult(
-            name, alias, candidate.version, current_version, moved, reason, metric, value, previous_value
-        )
+                _move(state, alias, candidate.version, action="promote", reason=reason)
+            result = PromotionResult(
+                name, alias, candidate.version, current_version, moved, reason, metric, value, previous_value
+            )
+            return result, moved
+
+        return self._update_aliases(name, change)
 
     def rollback(self, name: str, alias: str = DEFAULT_ALIAS) -> VersionRecord:
         """Point `alias` back at its previous target per the history; repeatable down to the first one."""
         _check_alias(alias)
         self._require_model(name)
-        with self._store.lock(name):
-            state = self._state(name)
+
+        def change(state: dict[str, Any]) -> tuple[VersionRecord, bool]:
             stack = _alias_stack(state["history"], alias)
             if len(stack) < 2:
                 raise RegistryError(f"alias {alias!r} of model {name!r} has no earlier target to roll back to")
@@ -516,18 +653,22 @@ class Registry:
                     f"cannot roll back alias {alias!r} of model {name!r}: its previous version {stack[-2]} "
                     "does not exist"
                 )
-            self._move(name, state, alias, record.version, action="rollback")
-        return record
+            return record, _move(state, alias, record.version, action="rollback")
+
+        return self._update_aliases(name, change)
 
     # ------------------------------------------------------------------ helpers
-    def _move(self, name: str, state: dict[str, Any], alias: str, target: str, **entry: Any) -> None:
-        """Record one alias move and replace aliases.json atomically (the caller holds the lock)."""
-        current = state["aliases"].get(alias)
-        if current == target:
-            return
-        state["aliases"][alias] = target
-        state["history"].append({"time": _now(), "alias": alias, "from": current, "to": target, **entry})
-        self._store.write_text(f"{name}/aliases.json", json.dumps(state, indent=2))
+    def _update_aliases(self, name: str, change: Any) -> Any:
+        """Run `change(state) -> (result, changed)` on aliases.json as one transaction (see _Store.transact):
+        retried on fresh state if another writer moved an alias meanwhile, never lost."""
+        rel = f"{name}/aliases.json"
+
+        def on_text(text: str | None) -> tuple[Any, str | None]:
+            state = _parse_state(text, self._store.join(rel))
+            result, changed = change(state)
+            return result, (json.dumps(state, indent=2) if changed else None)
+
+        return self._store.transact(name, rel, on_text)
 
     def _pin(self, parent: str) -> str:
         """A parent given as registry://NAME@production is pinned to the version it names now."""
@@ -549,9 +690,32 @@ class Registry:
         return None
 
 
+def _parse_state(text: str | None, where: str) -> dict[str, Any]:
+    """aliases.json's contents: current targets and the history of moves (empty when absent)."""
+    if text is None:
+        return {"aliases": {}, "history": []}
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RegistryError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(state, dict):
+        raise RegistryError(f"{where}: expected a JSON object")
+    return {"aliases": dict(state.get("aliases", {})), "history": list(state.get("history", []))}
+
+
+def _move(state: dict[str, Any], alias: str, target: str, **entry: Any) -> bool:
+    """Record one alias move in `state` (False when it already points there)."""
+    current = state["aliases"].get(alias)
+    if current == target:
+        return False
+    state["aliases"][alias] = target
+    state["history"].append({"time": _now(), "alias": alias, "from": current, "to": target, **entry})
+    return True
+
+
 def _is_record(name: str) -> bool:
     match = _SLOT_RE.match(name)
-    return bool(match and match.group(2))
+    return bool(match and match.group(2) == ".json")
 
 
 def _metric(record: VersionRecord | None, metric: str) -> float | None:

@@ -47,10 +47,12 @@ def metrics_for(arrays: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def evaluate_checkpoint_on_split(checkpoint_dir: str, samples_dir: str, split: str) -> dict[str, Any]:
+    """Score one split with a checkpoint (a folder or a URI) and merge `{split}_*` into its metrics."""
     from seqctr.platform.data.samples import read_samples
     from seqctr.platform.model.checkpoint import update_metrics
+    from seqctr.platform.registry import resolve_checkpoint_uri
 
-    arrays = score_dataset(checkpoint_dir, read_samples(samples_dir, split))
+    arrays = score_dataset(resolve_checkpoint_uri(checkpoint_dir), read_samples(samples_dir, split))
     metrics = metrics_for(arrays)
     update_metrics(checkpoint_dir, {f"{split}_{k}": v for k, v in metrics.items()})
     return {"metrics": metrics, "arrays": arrays}

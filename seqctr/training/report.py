@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from seqctr.platform.model.metrics import calibration_bins, roc_curve_points  # noqa: E402
-from seqctr.platform.storage import atomic_dir  # noqa: E402
+from seqctr.platform.storage import join, output_dir, upload_dir  # noqa: E402
 
 
 def metrics_table(rows: dict[str, dict[str, float]]) -> str:
@@ -69,12 +70,13 @@ def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, checkpoint: str, test: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, str]:
-    """Write the report folder atomically and print the metrics table."""
+def write_report(out: str, checkpoint: str, test: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, str]:
+    """Write the report folder (a local path or a URI; metrics.json last) and print the metrics table."""
     labels, probs = test["arrays"]["label"], test["arrays"]["prob"]
     metrics = test["metrics"]
     val = {k[4:]: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}
-    with atomic_dir(out) as tmp:
+    with tempfile.TemporaryDirectory(prefix="seqctr-report-") as staging, output_dir(out, "metrics.json") as target:
+        tmp = Path(staging)
         (tmp / "metrics.json").write_text(
             json.dumps({"checkpoint": checkpoint, "test": metrics, "history": history}, indent=2, default=float)
         )
@@ -82,6 +84,7 @@ def write_report(out: Path, checkpoint: str, test: dict[str, Any], history: list
         _plot_calibration(tmp / "calibration.png", labels, probs)
         if history:
             _plot_curves(tmp / "curves.png", history)
+        upload_dir(tmp, target, last="metrics.json")
     print(metrics_table({"val (last)": val, "test (best)": metrics}))
     print(f"[seqctr] report: {out} (metrics.json, roc.png, calibration.png, curves.png)")
-    return {name: str(out / name) for name in ("metrics.json", "roc.png", "calibration.png", "curves.png")}
+    return {name: join(out, name) for name in ("metrics.json", "roc.png", "calibration.png", "curves.png")}

@@ -24,6 +24,16 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from seqctr.platform.config import ConfigError, ExperimentConfig, config_from_dict
+from seqctr.platform.storage import (
+    absolute,
+    atomic_write_bytes,
+    atomic_write_text,
+    exists,
+    is_file,
+    join,
+    list_names,
+    read_text,
+)
 from seqctr.tuning.space import base_point, build_search_space, trial_config
 
 METRIC, MODE = "val_auc", "max"
@@ -39,7 +49,7 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], assets: Any, datas
 
     cfg = trial_config(config_from_dict(base), params)
     trial_id = tune.get_context().get_trial_id()
-    finished = finished_run_metrics(Path(trials_root) / trial_id, cfg.train.epochs)
+    finished = finished_run_metrics(join(trials_root, trial_id), cfg.train.epochs)
     if finished is not None:
         tune.report(finished)
         return
@@ -49,7 +59,7 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], assets: Any, datas
     trainer.fit()
 
 
-def finished_run_metrics(run_dir: Path, epochs: int) -> dict[str, Any] | None:
+def finished_run_metrics(run_dir: str, epochs: int) -> dict[str, Any] | None:
     """The last epoch's metrics of a trial's Train run that already ran to its end, else None.
 
     Why: a campaign interrupted after a trial's training ended but before Tune saw the trial end
@@ -57,8 +67,7 @@ def finished_run_metrics(run_dir: Path, epochs: int) -> dict[str, Any] | None:
     Such a trial reports its last epoch again instead of training (the latest checkpoint is always kept).
     """
     last: dict[str, Any] | None = None
-    for metrics_file in run_dir.glob("epoch_*/metrics.json"):
-        metrics = json.loads(metrics_file.read_text())
+    for metrics in _checkpoint_metrics(run_dir, prefix="epoch_").values():
         if last is None or metrics.get("epoch", -1) > last.get("epoch", -1):
             last = metrics
     if last is not None and (last.get("epoch", -1) + 1 >= epochs or last.get("should_stop")):
@@ -126,14 +135,22 @@ def _trial_table(results: Any, max_epochs: int) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("val_auc", ascending=False, na_position="last")
 
 
-def best_trial_checkpoint(trials_root: Path, trial_id: str) -> str:
+def _checkpoint_metrics(run_dir: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """checkpoint folder (local path or URI) -> its metrics.json, for every checkpoint of a Train run."""
+    found = {}
+    for name in list_names(run_dir):
+        metrics_file = join(run_dir, name, "metrics.json")
+        if name.startswith(prefix) and is_file(metrics_file):
+            found[join(run_dir, name)] = json.loads(read_text(metrics_file))
+    return found
+
+
+def best_trial_checkpoint(trials_root: str, trial_id: str) -> str:
     """The trial's checkpoint with the highest val AUC (read from each checkpoint's metrics.json)."""
-    candidates = []
-    for metrics_file in (trials_root / trial_id).glob("*/metrics.json"):
-        candidates.append((json.loads(metrics_file.read_text()).get(METRIC, float("-inf")), metrics_file.parent))
-    if not candidates:
-        raise RuntimeError(f"trial {trial_id} left no checkpoint under {trials_root / trial_id}")
-    return str(max(candidates, key=lambda c: c[0])[1])
+    found = _checkpoint_metrics(join(trials_root, trial_id))
+    if not found:
+        raise RuntimeError(f"trial {trial_id} left no checkpoint under {join(trials_root, trial_id)}")
+    return max(found, key=lambda path: found[path].get(METRIC, float("-inf")))
 
 
 def run_campaign(
@@ -155,8 +172,9 @@ def run_campaign(
 
     started = time.perf_counter()
     name = resume or cfg.tune.campaign
-    campaign_dir = Path(cfg.train.storage_path) / name
-    trials_root = campaign_dir / "trials"
+    storage = absolute(cfg.train.storage_path)
+    campaign_dir = join(storage, name)
+    trials_root = join(campaign_dir, "trials")
     space = build_search_space(cfg)
     num_samples = num_samples or cfg.tune.num_samples
     concurrent = _check_capacity(cfg, max_concurrent or cfg.tune.max_concurrent)
@@ -168,16 +186,16 @@ def run_campaign(
     datasets = make_datasets(cfg, assets.index_json)
     trainable = tune.with_resources(
         tune.with_parameters(
-            train_trial, base=cfg.to_dict(), assets=assets, datasets=datasets, trials_root=str(trials_root)
+            train_trial, base=cfg.to_dict(), assets=assets, datasets=datasets, trials_root=trials_root
         ),
         {"CPU": 0.01},  # the trial driver only waits; its TorchTrainer reserves the workers' CPUs
     )
     if resume:
-        if not tune.Tuner.can_restore(str(campaign_dir)):
+        if not tune.Tuner.can_restore(campaign_dir):
             raise ConfigError(f"--resume {name}: no campaign to resume at {campaign_dir}")
-        tuner = tune.Tuner.restore(str(campaign_dir), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(campaign_dir, trainable=trainable, resume_errored=True)
     else:
-        if campaign_dir.exists():
+        if exists(campaign_dir):
             raise ConfigError(
                 f"campaign folder {campaign_dir} exists: pass --resume {name} or set tune.campaign to a new name"
             )
@@ -191,7 +209,7 @@ def run_campaign(
                 search_alg=_searcher(cfg, concurrent),
                 scheduler=_scheduler(cfg),
             ),
-            run_config=tune.RunConfig(name=name, storage_path=str(campaign_dir.parent), callbacks=callbacks),
+            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks),
         )
     results = tuner.fit()
     finished = results.num_terminated + results.num_errors
@@ -201,8 +219,8 @@ def run_campaign(
             f"state saved in {campaign_dir}: resume with `seqctr tune --resume {name}`"
         )
     table = _trial_table(results, cfg.train.epochs)
-    table.to_csv(campaign_dir / "trials.csv", index=False)
-    table.to_parquet(campaign_dir / "trials.parquet", index=False)
+    atomic_write_text(join(campaign_dir, "trials.csv"), table.to_csv(index=False))
+    atomic_write_bytes(join(campaign_dir, "trials.parquet"), table.to_parquet(index=False))
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table.to_string(index=False))
     ok = table[table["status"] != "error"].dropna(subset=["val_auc"])
@@ -214,7 +232,7 @@ def run_campaign(
     epochs_run = int(table["epochs"].sum())
     summary: dict[str, Any] = {
         "campaign": name,
-        "campaign_dir": str(campaign_dir),
+        "campaign_dir": campaign_dir,
         "trials": len(table),
         "best_trial": best_row["trial_id"],
         "best_config": {k[7:]: best_row[k] for k in table.columns if k.startswith("config/")},
@@ -224,7 +242,7 @@ def run_campaign(
         "trial_epochs_run": epochs_run,
         "trial_epochs_full": len(table) * cfg.train.epochs,
         "asha_saving": 1 - epochs_run / max(1, len(table) * cfg.train.epochs),
-        "tensorboard": str(campaign_dir),
+        "tensorboard": campaign_dir,
         "seconds": time.perf_counter() - started,
     }
     if register:

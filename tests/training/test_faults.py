@@ -95,6 +95,11 @@ def registered_epoch0(run_dir: Path) -> bool:
     )
 
 
+def newest_run_dir(root: Path) -> Path | None:
+    run = newest_run(str(root))
+    return Path(run) if run else None
+
+
 def run_and_kill(target: Callable[[], Any], run_dir_of: Callable[[], Path | None]) -> dict[str, Any]:
     """Run `target` in a thread, SIGKILL its train worker once epoch 0 is checkpointed, return what happened."""
     known = set(train_workers())
@@ -130,7 +135,7 @@ def run_and_kill(target: Callable[[], Any], run_dir_of: Callable[[], Path | None
 def test_training_survives_a_killed_worker(data_root: Path, undisturbed: dict[str, Any]) -> None:
     cfg = experiment(data_root, **{"train.run_name": "killed"})
     root = Path(cfg.train.storage_path) / cfg.train.run_name
-    out = run_and_kill(lambda: run_training(cfg), lambda: newest_run(root))
+    out = run_and_kill(lambda: run_training(cfg), lambda: newest_run_dir(root))
     result = out["result"]
 
     assert [h["epoch"] for h in result["history"]] == list(range(EPOCHS))

@@ -28,7 +28,16 @@ import torch
 
 from seqctr.platform.config import EmbedConfig
 from seqctr.platform.data.contract import ITEM_COLUMNS, DataError, list_parquet_files, open_parquet, validate_items
-from seqctr.platform.storage import atomic_dir, atomic_write_text, file_stamps
+from seqctr.platform.storage import (
+    atomic_write_text,
+    file_stamps,
+    filesystem_for,
+    is_file,
+    is_uri,
+    join,
+    output_dir,
+    read_text,
+)
 
 TINY_MODEL = "tiny-random-bert"  # sentinel path of the tiny random BERT used by tests
 EMBEDDINGS_FILE = "embeddings.parquet"
@@ -233,13 +242,13 @@ def embed_items(items_path: str, cfg: EmbedConfig) -> dict[str, Any]:
     import ray.data
 
     start = time.perf_counter()
-    out = Path(cfg.out)
+    out = cfg.out.rstrip("/") if is_uri(cfg.out) else str(Path(cfg.out).resolve())
     files = list_parquet_files(items_path)
     model_path = resolve_encoder_path(cfg.model)
     fp = fingerprint(files, model_path, cfg)
-    meta_path = out / META_FILE
-    if meta_path.exists() and (out / EMBEDDINGS_FILE).exists():
-        meta = json.loads(meta_path.read_text())
+    meta_path = join(out, META_FILE)
+    if is_file(meta_path) and is_file(join(out, EMBEDDINGS_FILE)):
+        meta = json.loads(read_text(meta_path))
         if meta.get("fingerprint") == fp:
             _stage(f"cached: {meta['rows']} items x {meta['dim']} already in {out}")
             return _report(meta, time.perf_counter() - start, cached=True, path=out)
@@ -286,15 +295,16 @@ def embed_items(items_path: str, cfg: EmbedConfig) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with atomic_dir(out) as tmp:
-        pq.write_table(_to_table(ids, matrix), tmp / EMBEDDINGS_FILE)
-        atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+    with output_dir(out, META_FILE) as tmp:  # the meta file is the marker: written last
+        fs, inner = filesystem_for(tmp)
+        pq.write_table(_to_table(ids, matrix), f"{inner}/{EMBEDDINGS_FILE}", filesystem=fs)
+        atomic_write_text(join(tmp, META_FILE), json.dumps(meta, indent=2) + "\n")
     report = _report(meta, seconds, cached=False, path=out)
     _stage(f"wrote {report['rows']} x {report['dim']} to {out} ({report['items_per_s']:.0f} items/s)")
     return report
 
 
-def _report(meta: dict[str, Any], seconds: float, cached: bool, path: Path) -> dict[str, Any]:
+def _report(meta: dict[str, Any], seconds: float, cached: bool, path: str) -> dict[str, Any]:
     return {
         "rows": int(meta["rows"]),
         "dim": int(meta["dim"]),
@@ -313,12 +323,13 @@ def _to_table(ids: list[str], matrix: np.ndarray) -> pa.Table:
 
 
 def load_embeddings(out: str) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """(item ids, (N, D) float32 matrix, meta) of a folder written by `embed_items`."""
-    folder = Path(out)
-    if not (folder / EMBEDDINGS_FILE).exists() or not (folder / META_FILE).exists():
+    """(item ids, (N, D) float32 matrix, meta) of a folder written by `embed_items` (local or a URI)."""
+    folder = str(out).rstrip("/")
+    if not is_file(join(folder, EMBEDDINGS_FILE)) or not is_file(join(folder, META_FILE)):
         raise FileNotFoundError(f"no item embeddings in {folder} (setting embed.out); run `seqctr embed` first")
-    meta = json.loads((folder / META_FILE).read_text())
-    table = pq.read_table(folder / EMBEDDINGS_FILE)
+    meta = json.loads(read_text(join(folder, META_FILE)))
+    fs, inner = filesystem_for(join(folder, EMBEDDINGS_FILE))
+    table = pq.read_table(inner, filesystem=fs)
     column = table.column("embedding").combine_chunks()
     dim = column.type.list_size
     matrix = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)

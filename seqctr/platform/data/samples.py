@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
 import zlib
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
@@ -42,7 +41,16 @@ from seqctr.platform.data.contract import (
     validate_items,
 )
 from seqctr.platform.model.features import ItemIndex
-from seqctr.platform.storage import atomic_dir, atomic_write_text, file_stamps, filesystem_for, is_uri
+from seqctr.platform.storage import (
+    atomic_write_text,
+    file_stamps,
+    filesystem_for,
+    is_file,
+    is_uri,
+    join,
+    output_dir,
+    read_text,
+)
 
 SAMPLES_FORMAT = "seqctr.samples/v2"  # v2: history_ts beside history
 SUCCESS_FILE = "_SUCCESS"
@@ -387,30 +395,33 @@ def _item_ids(items_path: str | None, event_ids: set[str]) -> tuple[list[str], l
     return sorted(table_ids), sorted(event_ids - table_ids)
 
 
-def _write_splits(samples: ray.data.Dataset, folder: Path, t_val: int, t_test: int) -> dict[str, int]:
+def _write_splits(samples: ray.data.Dataset, folder: str, t_val: int, t_test: int) -> dict[str, int]:
     """Write all splits in one streaming pass (partitioned by a split column), then move the hive
-    folders `split=train` to `train/`. A split that got no rows gets an empty file with the schema."""
-    parts = folder / "_parts"
+    folders' files `_parts/split=train/*` to `train/`. Ray Data's writers write straight to `folder`
+    (a local path or a URI), so a multi-node build needs no shared disk. A split that got no rows gets
+    an empty file with the schema."""
+    fs, base = filesystem_for(folder)
+    parts = f"{base}/_parts"
     samples.map_batches(
         _split_name, batch_format="pyarrow", batch_size=None, fn_kwargs={"t_val": t_val, "t_test": t_test}
-    ).write_parquet(str(parts), partition_cols=["split"])
+    ).write_parquet(parts, partition_cols=["split"], filesystem=fs)
     rows: dict[str, int] = {}
     for split in SPLITS:
-        src, dst = parts / f"split={split}", folder / split
-        if src.exists():
-            os.replace(src, dst)
-        else:
-            dst.mkdir()
-        files = list(dst.glob("*.parquet"))
+        src, dst = f"{parts}/split={split}", f"{base}/{split}"
+        fs.create_dir(dst, recursive=True)
+        listed = fs.get_file_info(pafs.FileSelector(src, allow_not_found=True))
+        for info in sorted((i for i in listed if i.path.endswith(".parquet")), key=lambda i: i.path):
+            fs.move(info.path, f"{dst}/{info.base_name}")  # a rename locally, copy + delete on S3
+        files = [i.path for i in fs.get_file_info(pafs.FileSelector(dst)) if i.path.endswith(".parquet")]
         if not files:
-            pq.write_table(SAMPLES_SCHEMA.empty_table(), dst / "empty.parquet")
-        rows[split] = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    shutil.rmtree(parts, ignore_errors=True)
+            pq.write_table(SAMPLES_SCHEMA.empty_table(), f"{dst}/empty.parquet", filesystem=fs)
+        rows[split] = sum(pq.read_metadata(f, filesystem=fs).num_rows for f in files)
+    fs.delete_dir(parts)
     return rows
 
 
-def _output_paths(out_dir: Path) -> dict[str, str]:
-    return {split: str(out_dir / split) for split in SPLITS} | {"item_index": str(out_dir / "item_index.json")}
+def _output_paths(out: str) -> dict[str, str]:
+    return {split: join(out, split) for split in SPLITS} | {"item_index": join(out, "item_index.json")}
 
 
 def build_and_write(
@@ -424,25 +435,24 @@ def build_and_write(
 ) -> dict[str, Any]:
     """Events -> `out/{train,val,test}/*.parquet` + `out/item_index.json` + `out/_SUCCESS` (meta).
 
-    The folder is built beside `out` and renamed into place, so readers never see half a build.
+    `out` may be a local path (built beside it and renamed into place) or a URI (written in place,
+    `_SUCCESS` last: storage.output_dir); either way readers never trust half a build.
     A rerun whose inputs (file sizes, mtimes) and parameters match `out/_SUCCESS` reuses it.
     Returns rows per split, boundary timestamps, seconds, samples_per_s, paths, cached.
     """
     say = progress or (lambda _message: None)
-    if is_uri(out):
-        raise ValueError(f"{out}: the samples folder must be a local path (it is renamed into place)")
     _check_fractions(train_fraction, val_fraction)
     if max_seq_len < 1:
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
     start = time.perf_counter()
-    out_dir = Path(out).resolve()
+    out_dir = out.rstrip("/") if is_uri(out) else str(Path(out).resolve())
     events_files = list_parquet_files(events_path)
     items_files = list_parquet_files(items_path) if items_path else []
     params = {"max_seq_len": max_seq_len, "train_fraction": train_fraction, "val_fraction": val_fraction}
     fingerprint = build_fingerprint(events_files, items_files, params)
-    meta_path = out_dir / SUCCESS_FILE
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+    meta_path = join(out_dir, SUCCESS_FILE)
+    if is_file(meta_path):
+        meta = json.loads(read_text(meta_path))
         if meta.get("fingerprint") == fingerprint:
             say(f"reusing {out_dir}: inputs and parameters unchanged")
             seconds = time.perf_counter() - start  # samples_per_s stays the original build's
@@ -465,9 +475,9 @@ def build_and_write(
     say(f"building samples (max_seq_len={max_seq_len}) and writing splits to {out_dir}")
     events = _read_event_files(events_files)
     samples = build_samples(events, max_seq_len, num_shards=shards_for(rows), num_partitions=shuffle_partitions(rows))
-    with atomic_dir(out_dir) as tmp:
+    with output_dir(out_dir, SUCCESS_FILE) as tmp:
         split_rows = _write_splits(samples, tmp, t_val, t_test)
-        index.save(str(tmp / "item_index.json"))
+        index.save(join(tmp, "item_index.json"))
         stages["samples"] = time.perf_counter() - start - sum(stages.values())
         seconds = time.perf_counter() - start
         report = {
@@ -483,7 +493,7 @@ def build_and_write(
             "cached": False,
         }
         meta = {"format": SAMPLES_FORMAT, "fingerprint": fingerprint, "params": params, "report": report}
-        atomic_write_text(tmp / SUCCESS_FILE, json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(join(tmp, SUCCESS_FILE), json.dumps(meta, indent=2) + "\n")
     say(
         f"wrote train/val/test = {split_rows['train']}/{split_rows['val']}/{split_rows['test']} samples "
         f"in {seconds:.1f}s ({report['samples_per_s']:.0f} samples/s)"

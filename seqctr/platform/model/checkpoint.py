@@ -16,15 +16,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 from safetensors.torch import load_file, save_file
 
 from seqctr.platform.config import ExperimentConfig, config_from_dict
-from seqctr.platform.storage import atomic_dir, atomic_write_text
+from seqctr.platform.storage import (
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_text,
+    download_dir,
+    filesystem_for,
+    is_uri,
+    join,
+)
 
 MANIFEST = "manifest.json"
 TEXT_TABLE_KEY = "text_table"
@@ -183,8 +193,22 @@ def read_checkpoint(path: str | Path, with_optimizer: bool = False) -> Checkpoin
 
 
 def update_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
-    """Merge metrics into a checkpoint's metrics.json and refresh its manifest entry atomically."""
-    path = Path(path)
+    """Merge metrics into a checkpoint's metrics.json and refresh its manifest entry atomically.
+
+    A checkpoint on object storage (Ray Train's storage_path may be s3://) is verified in a local
+    copy, then metrics.json and the manifest are put back, the manifest last.
+    """
+    if not is_uri(path) or isinstance(filesystem_for(path)[0], pafs.LocalFileSystem):
+        _update_local_metrics(Path(filesystem_for(path)[1]), metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="seqctr-ckpt-") as tmp:
+        download_dir(str(path), tmp)
+        _update_local_metrics(Path(tmp), metrics)
+        for name in ("metrics.json", MANIFEST):
+            atomic_write_bytes(join(str(path), name), (Path(tmp) / name).read_bytes())
+
+
+def _update_local_metrics(path: Path, metrics: dict[str, Any]) -> None:
     manifest = verify_checkpoint(path)
     current = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     current.update(metrics)
