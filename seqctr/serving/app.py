@@ -44,6 +44,7 @@ from seqctr.platform.config import ConfigError, ExperimentConfig, load_config, r
 from seqctr.serving.deployments import CTRScorer, ItemEncoder, Job, Loader, pin_model, response_bytes
 from seqctr.serving.schemas import (
     API_KEY_HEADER,
+    NO_RETRY_HEADER,
     ErrorResponse,
     ModelInfo,
     RankRequest,
@@ -205,11 +206,6 @@ async def require_json(request: Request) -> None:
     msg = f"Content-Type must be application/json, got {media}"
     error = validation_error(("header", "Content-Type"), msg, "media_type")
     raise HTTPException(status_code=415, detail=[error])
-
-
-NO_RETRY_HEADER = "X-Seqctr-No-Retry"
-"""Set on the app's own 500s: the failure is deterministic, so the client does not retry it (a 500 from
-Serve's proxy, e.g. when the replica holding the request died, has no such header and is retried)."""
 
 
 def _error(description: str) -> dict[str, Any]:

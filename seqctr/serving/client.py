@@ -8,14 +8,19 @@
         print((await client.score(history=["i1"], candidates=["i3"])).scores)
 
 Scoring is a pure function of its input, so both clients retry it safely (`RetryPolicy`): on connection
-errors, timeouts and 5xx answers, with exponential backoff. A 5xx is what Serve's proxy answers when
-the replica holding a request dies (500) or none is ready (503, e.g. during a rolling update); the
-retry then lands on a live replica. 4xx answers (a bad request) are never retried.
+errors, timeouts and 5xx answers, with exponential backoff and jitter (so clients that were refused
+together do not come back together), never sooner than a `Retry-After` the server sent. A 5xx is what
+Serve's proxy answers when the replica holding a request dies (500), when none is ready (503, e.g.
+during a rolling update), or when every replica is busy and `serve.max_queued_requests` wait already
+(503, at once, instead of a timeout); the retry then lands on a live or less busy replica. Never
+retried: 4xx answers (a bad request: 422 names the field) and the app's own 500s, which carry
+`X-Seqctr-No-Retry` because the same request would fail the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -26,6 +31,7 @@ from pydantic import BaseModel
 
 from seqctr.serving.schemas import (
     API_KEY_HEADER,
+    NO_RETRY_HEADER,
     CandidateItem,
     ModelInfo,
     RankRequest,
@@ -51,26 +57,46 @@ class CTRClientError(RuntimeError):
 @dataclass(frozen=True)
 class RetryPolicy:
     """When an idempotent request is sent again: `retries` extra attempts on a transport error or a status
-    in `statuses`, waiting backoff_s, 2*backoff_s, ... (at most max_backoff_s) in between."""
+    in `statuses` (except the app's own deterministic 500s), waiting about backoff_s, 2*backoff_s, ... (at
+    most max_backoff_s) in between, each wait shortened by a random fraction up to `jitter`, and never
+    shorter than the answer's Retry-After (itself capped at max_backoff_s)."""
 
     retries: int = 3
     backoff_s: float = 0.2
     max_backoff_s: float = 5.0
     statuses: frozenset[int] = RETRY_STATUSES
+    jitter: float = 0.5
 
     def __post_init__(self) -> None:
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if self.backoff_s < 0:
             raise ValueError(f"backoff_s must be >= 0, got {self.backoff_s}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be in [0, 1], got {self.jitter}")
+
+    def retryable(self, outcome: httpx.Response | httpx.TransportError) -> bool:
+        """Whether the outcome may be tried again: a transport error (nothing was scored), or a status in
+        `statuses` that is not marked deterministic by the app."""
+        if isinstance(outcome, httpx.TransportError):
+            return True
+        return outcome.status_code in self.statuses and NO_RETRY_HEADER not in outcome.headers
 
     def delay(self, attempt: int, outcome: httpx.Response | httpx.TransportError) -> float | None:
         """Seconds to wait before trying again after attempt `attempt` (0-based), or None: give up."""
-        if attempt >= self.retries:
+        if attempt >= self.retries or not self.retryable(outcome):
             return None
-        if isinstance(outcome, httpx.Response) and outcome.status_code not in self.statuses:
-            return None
-        return min(self.backoff_s * 2**attempt, self.max_backoff_s)
+        wait = min(self.backoff_s * 2**attempt, self.max_backoff_s) * (1 - self.jitter * random.random())
+        return max(wait, min(retry_after(outcome), self.max_backoff_s))
+
+
+def retry_after(outcome: httpx.Response | httpx.TransportError) -> float:
+    """The answer's Retry-After in seconds (0 when absent or not a number of seconds)."""
+    value = outcome.headers.get("retry-after") if isinstance(outcome, httpx.Response) else None
+    try:
+        return max(0.0, float(value)) if value else 0.0
+    except ValueError:  # an HTTP date: ignored, the backoff applies
+        return 0.0
 
 
 def _body(

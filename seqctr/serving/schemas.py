@@ -72,6 +72,9 @@ class _Strict(BaseModel):
 
 
 API_KEY_HEADER = "X-API-Key"  # the header that carries the key when serve.api_key_env is set
+NO_RETRY_HEADER = "X-Seqctr-No-Retry"
+"""Set on the app's own 500s: the failure is deterministic, so the client does not retry it (a 500 from
+Serve's proxy, e.g. when the replica holding the request died, has no such header and is retried)."""
 # The bounds go before the BeforeValidator: after it, pydantic writes them into the OpenAPI schema as
 # "ge"/"le" (not JSON Schema) instead of "minimum"/"maximum", and clients and fuzzers miss them.
 UnixSeconds = Annotated[StrictInt, Field(ge=0, le=MAX_UNIX_SECONDS), BeforeValidator(_whole_number)]
