@@ -1,22 +1,28 @@
 """Serve endpoint latency and throughput against a bare FastAPI/uvicorn app running the same model.
 
-    .venv/bin/python bench/serve_latency.py                          # default-sized untrained model
+    .venv/bin/python bench/serve_latency.py                          # train a default-size model, then measure
+    .venv/bin/python bench/serve_latency.py --epochs 0 --duration 5  # untrained model, shorter runs
     .venv/bin/python bench/serve_latency.py --checkpoint DIR --samples work/samples   # + int8 AUC cost
 
-Requests carry 100 candidates and a 50-item history, sent over loopback at fixed concurrency (1, 8,
-32) for a bounded number of requests each. In the same run, for each level: p50, p99 and requests/s of
-  - serve:        the Ray Serve app (proxy -> CTRScorer with its FastAPI routes), one replica, batching on;
-  - bare:         one uvicorn process running FastAPI + the same scoring code in-process, no Ray;
-  - serve-nobatch (at 32): serve.max_batch_size=1;  serve-int8: serve.quantize=int8.
-Both servers score with 1 torch thread (a 1-CPU replica). With --samples (a `seqctr data build`
-folder) it also reports the test-split AUC of fp32 vs int8 and their in-process latency.
+Requests carry 100 candidates and a 50-item timed history over 2,000 items, on loopback. Load comes
+from `wrk` (closed loop, c = 1, 8, 32 connections, a Lua script cycling prepared POST bodies; pinned to
+its own core when the machine has 4+) when it is installed (`apt-get install wrk`), else from an
+asyncio + httpx client; open-loop runs (fixed arrival rates, latency from the scheduled send) use the
+Python client. Each row reports p50, p99, requests/s and the CPU split (server / client / rest of the
+machine / idle) over the run. Setups, the same load generator for all:
+  - bare:          one uvicorn process: FastAPI + the same scoring code in-process, no Ray;
+  - serve:         the Ray Serve app (proxy -> CTRScorer with its FastAPI routes), one replica of the
+                   default size (serve.replica_cpus), batching on;
+  - serve-nobatch: serve.max_batch_size=1 (c=32);  serve-int8: serve.quantize=int8 (c=8, 32).
+Also: the in-process cost of one request (JSON -> pydantic -> encode -> model -> JSON bytes), the
+bars' ratios, Serve's per-stage breakdown read back from the replica's own metrics on the node's
+Prometheus endpoint (seqctr/serving/telemetry.py), and fp32 vs int8 latency (+ test AUC with samples).
 
 (No `from __future__ import annotations`: FastAPI must see the bare app's request class, imported
 inside `bare_server`, as a class rather than a string.)
 """
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -31,9 +37,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+from loadgen import closed_loop, find_pids, open_loop, wrk_available, wrk_script  # noqa: E402
 
 LEVELS = (1, 8, 32)
-REQUESTS = {1: 100, 8: 400, 32: 600}
 
 
 # ----------------------------------------------------------------------------- the model under test
@@ -150,13 +156,15 @@ def request_bodies(item_ids: list[str], n: int, history: int, candidates: int, s
 
 
 def bare_server(checkpoint: str, port: int) -> None:
-    """FastAPI + uvicorn, model in-process: the same request schema and scoring code, no Ray."""
+    """FastAPI + uvicorn, model in-process: the same request schema, scoring code and one-pass JSON
+    response as the Serve route, no Ray (async route, scored inline: the cheapest FastAPI path)."""
     import torch
     import uvicorn
     from fastapi import FastAPI
+    from fastapi.responses import Response
 
     from seqctr.platform.model.predictor import load_model
-    from seqctr.serving.deployments import ServingModel, build_response, prepare_job, score_jobs
+    from seqctr.serving.deployments import ServingModel, build_response, prepare_job, response_bytes, score_jobs
     from seqctr.serving.schemas import ScoreRequest, ScoreResponse
 
     torch.set_num_threads(1)
@@ -164,10 +172,10 @@ def bare_server(checkpoint: str, port: int) -> None:
     app = FastAPI()
 
     @app.post("/v1/score", response_model=ScoreResponse)
-    def score(request: ScoreRequest) -> dict[str, Any]:
+    async def score(request: ScoreRequest) -> Response:
         job = prepare_job(model, request.payload())
         [(probs, attention)] = score_jobs(model.model, [job])
-        return build_response(model, job, probs, attention)
+        return Response(response_bytes(build_response(model, job, probs, attention)), media_type="application/json")
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -185,57 +193,46 @@ def start_bare(checkpoint: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("bare server did not start")
 
 
-# ----------------------------------------------------------------------------- load generation
+def in_process_cost(checkpoint: Path, bodies: list[dict]) -> dict[str, float]:
+    """Milliseconds of one request in-process, by step, on one torch thread: JSON decode + pydantic,
+    encoding, model, response dict + JSON bytes (what a server cannot do faster than)."""
+    import torch
 
+    from seqctr.platform.model.predictor import load_model
+    from seqctr.serving.deployments import ServingModel, build_response, prepare_job, response_bytes, score_jobs
+    from seqctr.serving.schemas import ScoreRequest
 
-async def _load(url: str, bodies: list[dict], concurrency: int, headers: dict) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
-    queue = iter(bodies)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
-
-        async def worker() -> None:
-            nonlocal errors
-            for body in queue:
-                start = time.perf_counter()
-                try:
-                    response = await client.post("/v1/score", json=body)
-                    errors += response.status_code != 200
-                except httpx.TransportError:
-                    errors += 1
-                latencies.append(time.perf_counter() - start)
-
-        for body in bodies[:concurrency]:  # warm-up: connections and first batches
-            await client.post("/v1/score", json=body)
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    if errors == len(latencies):
-        raise RuntimeError(f"{url}: {errors} of {len(latencies)} requests failed at concurrency {concurrency}")
-    ms = np.array(latencies) * 1000
-    return {
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "req_per_s": round(len(latencies) / wall, 1),
-        "requests": len(latencies),
-        "errors": errors,
-    }
-
-
-def measure(url: str, bodies: list[dict], concurrency: int) -> dict[str, float]:
-    return asyncio.run(_load(url, bodies[: REQUESTS[concurrency]], concurrency, {}))
+    torch.set_num_threads(1)
+    model = ServingModel(load_model(checkpoint), "", "", "", "bench", "bench")
+    raw = [json.dumps(b).encode() for b in bodies[:200]]
+    steps = dict.fromkeys(("parse", "encode", "model", "response"), 0.0)
+    for i, data in enumerate(raw * 2):
+        t0 = time.perf_counter()
+        payload = ScoreRequest.model_validate(json.loads(data)).payload()
+        t1 = time.perf_counter()
+        job = prepare_job(model, payload)
+        t2 = time.perf_counter()
+        [(probs, attention)] = score_jobs(model.model, [job])
+        t3 = time.perf_counter()
+        response_bytes(build_response(model, job, probs, attention))
+        t4 = time.perf_counter()
+        if i >= len(raw):  # the first pass warms up
+            for step, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                steps[step] += dt * 1000 / len(raw)
+    out = {k: round(v, 3) for k, v in steps.items()}
+    return out | {"total": round(sum(steps.values()), 3)}
 
 
 # ----------------------------------------------------------------------------- Serve variants
 
 
-def deploy_variant(config: Path, checkpoint: Path, overrides: list[str], port: int) -> None:
+def deploy_variant(config: Path, checkpoint: Path, overrides: list[str], port: int) -> list[int]:
+    """Deploy the app with `overrides`; returns the pids of its scorer replica(s) and the proxy."""
     from ray import serve
 
     from seqctr.cli.serve import deploy
 
-    args = {"config": str(config), "overrides": overrides, "scorer_cpus": 1.0, "encoder_cpus": 0.1}
+    args = {"config": str(config), "overrides": overrides, "encoder_cpus": 0.1}
     info = deploy(args, {"model": str(checkpoint)}, name="bench", port=port, timeout_s=300)["model"]
     wanted = dict(o.split("=", 1) for o in overrides)
     served = {k: str(info["config"]["serve"][k.split(".")[1]]) for k in wanted}
@@ -244,6 +241,41 @@ def deploy_variant(config: Path, checkpoint: Path, overrides: list[str], port: i
     # The cold-start encoder loads in the background; let it finish before measuring.
     encoder = serve.get_deployment_handle("ItemEncoder", app_name="bench")
     encoder.warm.remote(**info["config"]["encoder"]).result(timeout_s=300)
+    return find_pids("ServeReplica:bench:CTRScorer", "ProxyActor")
+
+
+def stage_snapshot() -> dict[str, tuple[float, float]]:
+    """stage -> (sum ms, count) of the bench app's seqctr_stage_ms on the local node's Prometheus endpoint."""
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    node = next(n for n in ray.nodes() if n["Alive"])
+    text = httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10).text
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "ray_seqctr_stage_ms":
+            for sample in family.samples:
+                if sample.labels.get("application") == "bench" and sample.name.endswith(("_sum", "_count")):
+                    row = out.setdefault(sample.labels["stage"], [0.0, 0.0])
+                    row[sample.name.endswith("_count")] += sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def stage_breakdown(before: dict[str, tuple[float, float]], requests: int, timeout_s: float = 60) -> dict[str, Any]:
+    """Mean ms per stage over the requests since `before`, once Ray has exported them (every few s)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = stage_snapshot()
+        done = after.get("response", (0, 0))[1] - before.get("response", (0, 0))[1]
+        if done >= requests or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    means = {}
+    for stage, (total, count) in after.items():
+        t0, c0 = before.get(stage, (0.0, 0.0))
+        if count > c0:
+            means[stage] = round((total - t0) / (count - c0), 3)
+    return {"mean_ms": means, "requests": int(done)}
 
 
 # ----------------------------------------------------------------------------- int8 vs fp32 offline
@@ -291,6 +323,18 @@ def int8_cost(checkpoint: Path, samples: str | None, bodies: list[dict]) -> dict
 # ----------------------------------------------------------------------------- main
 
 
+def print_table(results: dict[str, Any]) -> None:
+    print(f"{'setup':<22}{'load':>9}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'err':>5}  cpu srv/cli/other/idle %  client")
+    for setup, rows in results["runs"].items():
+        for load, row in rows.items():
+            cpu = row["cpu"]
+            split = f"{cpu['server_pct']:>5}/{cpu['client_pct']:>5}/{cpu['other_pct']:>5}/{cpu['idle_pct']:>5}"
+            print(
+                f"{setup:<22}{load:>9}{row['p50_ms']:>9}{row['p99_ms']:>9}{row['req_per_s']:>8}{row['errors']:>5}"
+                f"  {split:<30}  {row['client']}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="Checkpoint folder (default: train one, see --epochs).")
@@ -299,6 +343,10 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--history", type=int, default=50)
     parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=8.0, help="Seconds per load run.")
+    parser.add_argument("--python-client", action="store_true", help="Closed loop from Python even with wrk.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="Serve config override.")
+    parser.add_argument("--only-serve", action="store_true", help="Serve closed loop and stages only (quick A/B).")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--out", default="work/bench/serve_latency.json")
     parser.add_argument("--bare-server", help=argparse.SUPPRESS)
@@ -322,32 +370,59 @@ def main() -> None:
     else:
         checkpoint = synthetic_checkpoint(tmp / "checkpoint", opts.items, opts.history)
     loaded = load_model(checkpoint)
-    bodies = request_bodies(loaded.index.ids, max(REQUESTS.values()) + 32, opts.history, opts.candidates)
+    bodies = request_bodies(loaded.index.ids, 256, opts.history, opts.candidates)
+    script = wrk_script(bodies[:64]) if wrk_available() and not opts.python_client else None
     config = tmp / "experiment.yaml"
-    base = ["serve.min_replicas=1", "serve.max_replicas=1", "serve.max_candidates=1000"]
+    base = ["serve.min_replicas=1", "serve.max_replicas=1", "serve.max_candidates=1000", *opts.overrides]
     config.write_text(load_config(None, base).to_yaml())
+    duration = opts.duration
     results: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "history": opts.history,
         "candidates": opts.candidates,
+        "cores": os.cpu_count(),
+        "load_generator": "wrk" if script else "python",
+        "in_process_ms": in_process_cost(checkpoint, bodies),
+        "runs": {},
+        "stages": {},
     }
+    runs = results["runs"]
+    print("[bench] in-process ms per request:", results["in_process_ms"], flush=True)
 
     bare_port, serve_port = opts.port + 1, opts.port
     bare_url, serve_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{serve_port}"
     bare = start_bare(checkpoint, bare_port)
     ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)  # the dashboard hosts Serve's REST API
-    results.update({"bare": {}, "serve": {}, "serve-nobatch": {}, "serve-int8": {}})
     try:
-        deploy_variant(config, checkpoint, [], serve_port)
+        serve_pids = deploy_variant(config, checkpoint, [], serve_port)
+        if opts.only_serve:
+            for c in LEVELS:
+                before = stage_snapshot()
+                row = closed_loop(serve_url, bodies, c, duration, serve_pids, script)
+                print(f"[bench] serve c={c}: {row}\n  stages {stage_breakdown(before, row['requests'])}", flush=True)
+            return
         for c in LEVELS:  # interleaved, so load from other processes hits both alike
-            results["bare"][c] = measure(bare_url, bodies, c)
-            results["serve"][c] = measure(serve_url, bodies, c)
+            runs.setdefault("bare", {})[f"c={c}"] = closed_loop(bare_url, bodies, c, duration, [bare.pid], script)
+            before = stage_snapshot()
+            runs.setdefault("serve", {})[f"c={c}"] = row = closed_loop(
+                serve_url, bodies, c, duration, serve_pids, script
+            )
+            results["stages"][f"c={c}"] = stage_breakdown(before, row["requests"])
+            print(f"[bench] c={c}: bare {runs['bare'][f'c={c}']}\n  serve {row}", flush=True)
+        if script is not None:  # the same c=8 load from the Python client: what the generator costs
+            runs["bare (python client)"] = {"c=8": closed_loop(bare_url, bodies, 8, duration, [bare.pid], None)}
+            runs["serve (python client)"] = {"c=8": closed_loop(serve_url, bodies, 8, duration, serve_pids, None)}
+        capacity = runs["bare"]["c=8"]["req_per_s"]
+        for fraction in (0.5, 0.9):
+            rate = fraction * capacity
+            for setup, url, pids in (("bare", bare_url, [bare.pid]), ("serve", serve_url, serve_pids)):
+                key = f"{setup} (open loop)"
+                runs.setdefault(key, {})[f"{rate:.0f}/s"] = open_loop(url, bodies, rate, duration, pids)
         bare.terminate()
-        deploy_variant(config, checkpoint, ["serve.max_batch_size=1"], serve_port)
-        results["serve-nobatch"][32] = measure(serve_url, bodies, 32)
-        deploy_variant(config, checkpoint, ["serve.quantize=int8"], serve_port)
-        for c in (8, 32):
-            results["serve-int8"][c] = measure(serve_url, bodies, c)
+        pids = deploy_variant(config, checkpoint, ["serve.max_batch_size=1"], serve_port)
+        runs["serve-nobatch"] = {"c=32": closed_loop(serve_url, bodies, 32, duration, pids, script)}
+        pids = deploy_variant(config, checkpoint, ["serve.quantize=int8"], serve_port)
+        runs["serve-int8"] = {f"c={c}": closed_loop(serve_url, bodies, c, duration, pids, script) for c in (8, 32)}
     finally:
         bare.terminate()
         bare.wait()
@@ -357,18 +432,22 @@ def main() -> None:
         samples = loaded.config.data.samples
     results["int8_vs_fp32"] = int8_cost(checkpoint, samples, bodies)
 
-    print(f"{'setup':<15}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}")
-    for setup in ("bare", "serve", "serve-nobatch", "serve-int8"):
-        for c, row in results[setup].items():
-            print(f"{setup:<15}{c:>5}{row['p50_ms']:>9}{row['p99_ms']:>9}{row['req_per_s']:>8}{row['errors']:>8}")
-    ratio = results["serve"][8]["req_per_s"] / results["bare"][8]["req_per_s"]
-    batching = results["serve"][32]["req_per_s"] / results["serve-nobatch"][32]["req_per_s"]
-    results["ratios"] = {
-        "serve_over_bare_c8": round(ratio, 3),
-        "batching_on_over_off_c32": round(batching, 3),
+    print_table(results)
+    serve_rps, bare_rps = runs["serve"], runs["bare"]
+    results["bars"] = {
+        "in_process_ms": results["in_process_ms"]["total"],
+        "bare_p50_c1_over_in_process": round(bare_rps["c=1"]["p50_ms"] / results["in_process_ms"]["total"], 2),
+        "serve_p50_c1_over_in_process": round(serve_rps["c=1"]["p50_ms"] / results["in_process_ms"]["total"], 2),
+        "serve_over_bare_c8": round(serve_rps["c=8"]["req_per_s"] / bare_rps["c=8"]["req_per_s"], 3),
+        "serve_over_bare_c32": round(serve_rps["c=32"]["req_per_s"] / bare_rps["c=32"]["req_per_s"], 3),
+        "batching_on_over_off_c32": round(
+            serve_rps["c=32"]["req_per_s"] / runs["serve-nobatch"]["c=32"]["req_per_s"], 3
+        ),
     }
-    print(f"serve/bare throughput at c=8: {ratio:.2f}x (bar >= 0.6); p99 at c=8: {results['serve'][8]['p99_ms']} ms")
-    print(f"batching on/off throughput at c=32: {batching:.2f}x")
+    print("stage breakdown (Serve, mean ms per request, from the replica's metrics):")
+    for level, stages in results["stages"].items():
+        print(f"  {level}: {stages['mean_ms']} over {stages['requests']} requests")
+    print("bars (p50 c=1 within 2x in-process; serve/bare >= 0.8 at c=8, 32):", json.dumps(results["bars"]))
     print("int8 vs fp32:", json.dumps(results["int8_vs_fp32"]))
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(json.dumps(results, indent=2))
