@@ -13,6 +13,7 @@ commands so `seqctr --help` stays fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,19 @@ add_job_commands(app)
 app.command("serve")(serve_command)
 app.command("score")(score_command)
 
+
+@app.callback()
+def global_options(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also show Ray's own logs (worker output, INFO lines, warnings)."
+    ),
+) -> None:
+    """Options for every command: `seqctr --verbose train ...`."""
+    # Read by platform.runtime.init_ray; an environment variable, so a Ray Job's entrypoint inherits it.
+    if verbose:
+        os.environ["SEQCTR_VERBOSE"] = "1"
+
+
 ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment YAML (default: configs/default.yaml).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set train.lr=1e-3 (repeatable).")
 
@@ -44,10 +58,13 @@ def get_config(config: Path | None, overrides: list[str] | None) -> ExperimentCo
 
 
 def init_ray() -> None:
-    """Connect to RAY_ADDRESS when set (a cluster, or inside `ray job submit`), else start local Ray."""
-    from seqctr.platform.runtime import init_ray as _init
+    """Connect to RAY_ADDRESS when set (a cluster, or inside `ray job submit`), else start local Ray.
 
-    _init()
+    Quiet unless --verbose: Ray's own logs go to the session's log folder (platform/runtime.py)."""
+    from seqctr.platform.runtime import init_ray as _init
+    from seqctr.platform.runtime import quiet_native_stderr
+
+    quiet_native_stderr(_init())
 
 
 def echo_json(obj: Any) -> None:

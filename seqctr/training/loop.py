@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -69,6 +71,44 @@ def predict_shard(model: nn.Module, shard: Any, batch_size: int, device: torch.d
     if not labels:
         return {"label": np.zeros(0, np.float32), "prob": np.zeros(0, np.float32), "user": np.zeros(0, np.int64)}
     return {"label": np.concatenate(labels), "prob": np.concatenate(probs), "user": np.concatenate(users)}
+
+
+# In-epoch progress: rank 0 says how far the epoch is at every quarter of its expected steps, so a long
+# epoch is not silent (one host read of the running loss per line, not per step).
+PROGRESS_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+class Progress:
+    """Rank 0's lines for the user, printed once.
+
+    With the driver's queue (trainer.ProgressPrinter) a line is put there and the driver prints it, so it
+    reaches the terminal although worker output is not streamed (runtime.init_ray) and is not doubled by
+    Ray Train's print capture when it is. Without one (a Tune trial), rank 0 writes it to its real stdout,
+    which Ray streams to the driver only in verbose mode.
+    """
+
+    def __init__(self, queue: Any | None, rank: int) -> None:
+        self.queue, self.rank = queue, rank
+
+    def say(self, line: str) -> None:
+        if self.rank != 0:
+            return
+        if self.queue is not None:
+            try:
+                self.queue.put(line, timeout=10)
+                return
+            except Exception:  # noqa: BLE001 - a lost progress line must never stop training
+                self.queue = None
+        print(line, file=sys.__stdout__, flush=True)
+
+
+def epoch_line(metrics: dict[str, Any], train_loss: float) -> str:
+    """The one line per epoch: loss, val metrics, throughput."""
+    return (
+        f"[seqctr] epoch {metrics['epoch']}: loss {train_loss:.4f} val_auc {metrics['val_auc']:.4f} "
+        f"gauc {metrics['val_gauc']:.4f} logloss {metrics['val_logloss']:.4f} "
+        f"{metrics['samples_per_s']:.0f} samples/s"
+    )
 
 
 def epoch_seed(seed: int, rank: int, epoch: int, stream: int) -> int:
@@ -141,11 +181,15 @@ def train_epoch(
     device: torch.device,
     generator: torch.Generator,
     seed: int,
+    expected_samples: int = 0,
+    on_progress: Callable[[float, float, float], None] | None = None,
 ) -> dict[str, float]:
     """One pass over this worker's shard in micro-batches of batch_size / (workers x grad_accum_steps).
 
     Gradients of grad_accum_steps micro-batches are summed (DDP syncs only on the last), and the loss
-    is accumulated on the device and read once, at the end: no host sync inside the loop."""
+    is accumulated on the device and read once, at the end: no host sync inside the loop, except one
+    read per progress line when `on_progress(fraction, loss so far, samples/s)` is given together with
+    this worker's `expected_samples` (at each of PROGRESS_FRACTIONS)."""
     model.train()
     t = cfg.train
     micro = t.micro_batch_size
@@ -159,6 +203,7 @@ def train_epoch(
         local_shuffle_buffer_size=4 * t.batch_size,
         local_shuffle_seed=seed,
     )
+    marks = [(f, int(f * expected_samples)) for f in PROGRESS_FRACTIONS] if on_progress and expected_samples else []
     optimizer.zero_grad(set_to_none=True)
     for batch in batches:
         n = batch["label"].shape[0]
@@ -172,6 +217,11 @@ def train_epoch(
             pending = 0
         total_loss += loss * n
         seen += n
+        if on_progress and marks and seen >= marks[0][1]:
+            while marks and seen >= marks[0][1]:
+                fraction = marks.pop(0)[0]
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            on_progress(fraction, float(total_loss) / seen, rate)
     if pending:  # the epoch's last, partial accumulation still counts
         optimizer_step(model, optimizer, cfg)
     elapsed = time.perf_counter() - start
@@ -183,6 +233,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     assets: ModelAssets = loop_config["assets"]
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    world = ctx.get_world_size()
+    progress = Progress(loop_config.get("progress"), rank)
     threads = cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker))
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)  # same init on every worker; DDP also broadcasts rank 0's weights
@@ -204,10 +256,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state = contents.train_state
         start_epoch, best_auc = state["epoch"] + 1, state["best_auc"]
         bad_epochs, history = state["bad_epochs"], state["history"]
-        print(f"[seqctr] worker {rank}: resumed from {checkpoint.path} at epoch {start_epoch}")
+        progress.say(f"[seqctr] resumed from {checkpoint.path} at epoch {start_epoch}")
     elif assets.init_from:
         model.load_state_dict(warm_start_state(assets.init_from, model, index), strict=False)
-        print(f"[seqctr] worker {rank}: warm start from {assets.init_from}")
+        progress.say(f"[seqctr] warm start from {assets.init_from}")
 
     # The only buffers are frozen item tables, identical on every worker (the same assets): DDP's default
     # broadcast of buffers would copy the whole (items x text) table on every forward (1.5 GB at 1M items).
@@ -227,7 +279,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # earlier epochs, so a run restarted from a checkpoint replays the lost epoch exactly.
         torch.manual_seed(epoch_seed(cfg.train.seed, rank, epoch, stream=0))
         generator.manual_seed(epoch_seed(cfg.train.seed, rank, epoch, stream=1))
-        stats = train_epoch(model, optimizer, train_shard, cfg, bucket_table, device, generator, cfg.train.seed + epoch)
+
+        def on_progress(fraction: float, loss: float, rate: float, epoch: int = epoch) -> None:
+            progress.say(f"[seqctr] epoch {epoch}: {fraction:4.0%} loss {loss:.4f} {rate * world:.0f} samples/s")
+
+        stats = train_epoch(
+            model,
+            optimizer,
+            train_shard,
+            cfg,
+            bucket_table,
+            device,
+            generator,
+            cfg.train.seed + epoch,
+            expected_samples=int(loop_config.get("train_samples") or 0) // world,
+            on_progress=on_progress if rank == 0 else None,
+        )
         preds = _gather(predict_shard(model, val_shard, 4 * cfg.train.micro_batch_size, device))
         val = evaluate(preds["label"], preds["prob"], preds["user"])
         samples_per_s = stats["train_samples"] / max(stats["train_seconds"], 1e-9)
@@ -236,7 +303,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             **{f"val_{k}": float(v) for k, v in val.items()},
             "train_loss": stats["train_loss"],
             "train_samples_per_worker": stats["train_samples"],
-            "samples_per_s": samples_per_s * ctx.get_world_size(),
+            "samples_per_s": samples_per_s * world,
         }
         val_auc = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -math.inf
         improved = val_auc > best_auc
@@ -261,9 +328,4 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 )
                 ckpt = ray.train.Checkpoint.from_directory(path)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:03d}")
-        if rank == 0:
-            print(
-                f"[seqctr] epoch {epoch}: loss {stats['train_loss']:.4f} val_auc {metrics['val_auc']:.4f} "
-                f"gauc {metrics['val_gauc']:.4f} logloss {metrics['val_logloss']:.4f} "
-                f"{metrics['samples_per_s']:.0f} samples/s"
-            )
+        progress.say(epoch_line(metrics, stats["train_loss"]))

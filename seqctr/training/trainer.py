@@ -10,7 +10,9 @@ test split, writes a report beside the run and moves the `latest` pointer to it 
 from __future__ import annotations
 
 import os
+import threading
 import time
+from types import TracebackType
 from typing import Any
 
 import ray
@@ -72,6 +74,46 @@ def make_datasets(cfg: ExperimentConfig, index_json: str) -> dict[str, ray.data.
     return datasets
 
 
+class ProgressPrinter:
+    """The driver's end of rank 0's progress lines (loop.Progress): each is printed here, once.
+
+    Worker output is not streamed to the driver by default (runtime.init_ray), and when it is, Ray Train
+    echoes a worker's print twice; a Ray queue (a zero-CPU actor) read by a thread here avoids both.
+    """
+
+    def __init__(self) -> None:
+        from ray.util.queue import Queue
+
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="seqctr-progress", daemon=True)
+
+    def __enter__(self) -> ProgressPrinter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:  # workers put synchronously, so every line is in the queue once fit() returns
+            while not self.queue.empty():
+                print(self.queue.get_nowait(), flush=True)
+        finally:
+            self.queue.shutdown()
+
+    def _run(self) -> None:
+        from ray.util.queue import Empty
+
+        while not self._stop.is_set():
+            try:
+                line = self.queue.get(timeout=0.5)
+            except Empty:
+                continue
+            except Exception:  # noqa: BLE001 - the queue is gone (Ray shut down): nothing more to print
+                return
+            print(line, flush=True)
+
+
 def make_trainer(
     cfg: ExperimentConfig,
     assets: ModelAssets,
@@ -79,12 +121,19 @@ def make_trainer(
     callbacks: list[Any] | None = None,
     storage_path: str | None = None,
     name: str | None = None,
+    progress: Any | None = None,
 ) -> TorchTrainer:
-    """One TorchTrainer from the config (also used by every Tune trial)."""
+    """One TorchTrainer from the config (also used by every Tune trial).
+
+    `progress` is a ProgressPrinter's queue: rank 0 puts its epoch and in-epoch lines there."""
     t = cfg.train
+    loop_config: dict[str, Any] = {"experiment": cfg.to_dict(), "assets": assets}
+    if progress is not None:
+        loop_config["progress"] = progress
+        loop_config["train_samples"] = datasets["train"].count()  # materialised: read from block metadata
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.to_dict(), "assets": assets},
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
         ),
@@ -136,10 +185,10 @@ def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | N
     if parent_dir:
         assets.extra_json["lineage.json"] = {"parent": init_from, "parent_dir": parent_dir}
     print(f"[seqctr] stage 3/4: Ray Train ({cfg.train.num_workers} worker(s), use_gpu={cfg.train.use_gpu})")
-    trainer = make_trainer(
-        cfg, assets, make_datasets(cfg, assets.index_json), storage_path=str(root), name=run_dir.name
-    )
-    result = trainer.fit()
+    datasets = make_datasets(cfg, assets.index_json)
+    with ProgressPrinter() as printer:
+        trainer = make_trainer(cfg, assets, datasets, storage_path=str(root), name=run_dir.name, progress=printer.queue)
+        result = trainer.fit()
     if result.error:
         raise result.error
     best = best_checkpoint_path(result)

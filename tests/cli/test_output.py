@@ -1,0 +1,101 @@
+"""A seqctr command shows seqctr's lines; Ray's own logs go to the session's log folder (--verbose: back)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+from typer.testing import CliRunner
+
+from seqctr.cli.main import app
+from seqctr.platform import runtime
+
+
+@pytest.fixture
+def clean_ray_loggers():
+    """Undo quiet_ray_logs: handler levels, the driver-log handler, the warnings hook."""
+    saved = {
+        name: (list(logging.getLogger(name).handlers), [h.level for h in logging.getLogger(name).handlers])
+        for name in runtime.RAY_LOGGERS
+    }
+    shown = warnings.showwarning
+    yield
+    for name, (handlers, levels) in saved.items():
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if handler not in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
+    warnings.showwarning = shown
+
+
+def test_ray_records_below_error_go_to_the_driver_log_not_the_terminal(tmp_path, capsys, clean_ray_loggers):
+    import ray.data  # noqa: F401 - configures the ray.data logger as a command would
+
+    path = runtime.quiet_ray_logs(tmp_path)
+    assert runtime.quiet_ray_logs(tmp_path) == path  # a second init adds no second handler
+    logging.getLogger("ray.train").info("Requesting resources: {'CPU': 1.0}")
+    logging.getLogger("ray").warning("8 PYTHON worker processes have been started")
+    logging.getLogger("ray.tune").error("a real error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("`concurrency` is deprecated", DeprecationWarning, stacklevel=1)
+    for handler in logging.getLogger("ray").handlers:
+        handler.flush()
+    err = capsys.readouterr().err
+    assert "a real error" in err
+    assert "Requesting resources" not in err and "PYTHON worker" not in err and "deprecated" not in err
+    log = path.read_text()
+    assert "Requesting resources" in log and "PYTHON worker processes" in log and "a real error" in log
+    assert "DeprecationWarning: `concurrency` is deprecated" in log
+
+
+def test_verbose_flag_sets_the_switch_init_ray_reads(monkeypatch):
+    monkeypatch.delenv(runtime.VERBOSE_ENV, raising=False)
+    assert not runtime.verbose()
+    result = CliRunner().invoke(app, ["--verbose", "config", "show"])
+    assert result.exit_code == 0, result.output
+    assert runtime.verbose()
+    monkeypatch.delenv(runtime.VERBOSE_ENV)
+
+
+NATIVE = "[2026-12-02 01:05:06,656 E 15284 15284] core_worker.cc:2465: Actor with class name: 'X' has ..."
+
+
+def test_native_stderr_lines_go_to_the_log_and_python_stderr_stays_in_order(tmp_path):
+    """A subprocess: the filter owns file descriptor 2, which a test runner must keep."""
+    log = tmp_path / "driver.log"
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from pathlib import Path
+        from seqctr.platform.runtime import quiet_native_stderr
+        quiet_native_stderr(Path({str(log)!r}))
+        os.write(2, {NATIVE!r}.encode() + b"\\n")       # Ray's C++ core, straight to the descriptor
+        os.write(2, b"a C library's own line\\n")
+        print("[seqctr] stage 1/4", flush=True)
+        print("error: no such file", file=sys.stderr)
+        print("[seqctr] done", flush=True)
+        sys.exit(2)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env={**os.environ}
+    )
+    assert done.returncode == 2
+    assert NATIVE not in done.stderr
+    assert "a C library's own line" in done.stderr and "error: no such file" in done.stderr
+    assert done.stdout.splitlines() == ["[seqctr] stage 1/4", "[seqctr] done"]
+    assert log.read_text().splitlines() == [NATIVE]
+
+
+def test_help_names_the_verbose_flag():
+    result = CliRunner().invoke(app, ["--help"])
+    assert "--verbose" in result.output
