@@ -201,7 +201,9 @@ class ServeConfig(_Section):
     upscale_delay_s: float = Field(5.0, ge=0, description="Autoscaling upscale delay.")
     downscale_delay_s: float = Field(30.0, ge=0, description="Autoscaling downscale delay.")
     max_batch_size: int = Field(16, ge=1, description="@serve.batch: requests per batch.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, description="@serve.batch: wait to fill a batch.")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="@serve.batch: wait to fill a batch (0: batches form while the model runs)."
+    )
     max_candidates: int = Field(1000, ge=1, description="Most candidates per request (more = 422).")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body (more = 413).")
     api_key_env: str = Field("", description="Env var holding an API key; empty = no key required.")

@@ -120,6 +120,7 @@ class BodySizeLimit:
             if size > limit:
                 return await self._reject(scope, receive, send, limit)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        scope["state"][RECEIVED] = time.perf_counter()
         content_type = headers.get(b"content-type")
         if is_json_media(content_type.decode("latin-1") if content_type is not None else None):
             try:
@@ -148,15 +149,19 @@ class BodySizeLimit:
 
 
 ARRIVED = "seqctr_arrived"  # scope["state"] key: perf_counter() when the replica's ASGI app got the request
+RECEIVED = "seqctr_received"  # ... and when its whole body had arrived
 fastapi_app.add_middleware(BodySizeLimit)
 
 
 def request_times(http: Request) -> StageTimes:
-    """Stage times of a request, the clock started when the middleware first saw it."""
+    """Stage times of a request: `receive` as the middleware timed it, `parse` running since."""
     times = StageTimes()
-    arrived = (http.scope.get("state") or {}).get(ARRIVED)
-    if arrived is not None:
-        times.start(arrived)
+    state = http.scope.get("state") or {}
+    arrived, received = state.get(ARRIVED), state.get(RECEIVED)
+    if arrived is not None and received is not None:
+        times.add("receive", (received - arrived) * 1000)
+    if received is not None or arrived is not None:
+        times.start(received if received is not None else arrived)
     return times
 
 

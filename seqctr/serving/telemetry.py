@@ -3,8 +3,10 @@ metrics, so they appear on each node's Prometheus endpoint (and deploy/grafana/s
 
 Stages, in order, each a `seqctr_stage_ms{stage=...}` histogram observation per request:
 
-    parse       ASGI entry of the replica -> route body: receive, JSON decode, pydantic validation,
-                the guards (API key, media type) and the payload dict
+    receive     ASGI entry of the replica -> the whole body received (under Serve the replica pulls
+                the body from the proxy: an actor call)
+    parse       body received -> route body: JSON decode, pydantic validation, the guards (API key,
+                media type) and the payload dict
     encode      ids -> item rows and hashed buckets, click ages (`prepare_job`)
     embed       cold-start texts through the ItemEncoder (0 when the request has none)
     batch_wait  queued for `@serve.batch` until its batch starts
@@ -26,7 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-STAGES = ("parse", "encode", "embed", "batch_wait", "model", "response")
+STAGES = ("receive", "parse", "encode", "embed", "batch_wait", "model", "response")
 STAGE_BOUNDARIES_MS = [0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000, 2500]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
 CANDIDATE_BOUNDARIES = [1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]

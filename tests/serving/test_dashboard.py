@@ -19,4 +19,4 @@ def test_dashboard_queries_every_exported_metric() -> None:
     assert "by (stage)" in exprs and "by (source)" in exprs and "by (model, version)" in exprs
     source = (Path(__file__).resolve().parents[2] / "seqctr" / "serving" / "telemetry.py").read_text()
     assert all(f'"{name}"' in source for name in (*METRICS, "seqctr_requests_total"))
-    assert STAGES == ("parse", "encode", "embed", "batch_wait", "model", "response")
+    assert STAGES == ("receive", "parse", "encode", "embed", "batch_wait", "model", "response")
