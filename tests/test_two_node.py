@@ -1,5 +1,11 @@
 """A real two-node Ray cluster on this machine: jobs submitted with `seqctr submit` run on both nodes.
 
+The nodes share nothing but an object store, as on a real cluster: node_b runs in its own mount
+namespace (`unshare --mount`) with an empty tmpfs over the test session's temp folder, so it cannot see
+any file the test or node_a writes there, and every path of the training job is on the loopback S3
+server. Where a private mount namespace cannot be made (no privilege), node_b shares the disk and the
+test says so.
+
 Two `ray start --block` processes (a head and a worker node, each with its own ports, temp dir and a
 custom resource naming it) form the cluster; they join over 127.0.0.1, and Ray registers both under
 the host's IP, so nodes are told apart by node id. The test process only talks HTTP to the head's Jobs
@@ -24,11 +30,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from seqctr.platform.jobs import JobError, follow_job, job_client, job_status
+from seqctr.platform.storage import filesystem_for
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +69,7 @@ class TwoNodes:
     dashboard: str  # http://127.0.0.1:PORT, the Jobs / State API
     gcs_address: str  # NODE_IP:PORT, what `ray.init` and the State API inside jobs connect to
     node_ids: dict[str, str]  # "node_a" / "node_b" -> Ray node id
+    hidden: Path | None  # the folder node_b cannot see (None: no private mount namespace here)
 
 
 def free_ports(n: int) -> list[int]:
@@ -203,7 +212,19 @@ class LocalNode:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_node(name: str, head: LocalNode | None, dashboard: str | None, attempts: int = 2) -> LocalNode:
+def can_hide(folder: Path) -> bool:
+    """Whether this machine lets a process mount an empty tmpfs over `folder` in its own mount namespace."""
+    probe = subprocess.run(HIDE + [str(folder), "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+# `unshare` execs sh, which mounts and execs the command: the node keeps the pid that was started.
+HIDE = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs seqctr-hidden "$0" && exec "$@"']
+
+
+def start_node(
+    name: str, head: LocalNode | None, dashboard: str | None, attempts: int = 2, hide: Path | None = None
+) -> LocalNode:
     """Start a node and wait until the head lists it. Ray gives a raylet 30 s to register, which a busy
     2-core machine can miss: a failed start is stopped and retried once with fresh ports."""
     errors = []
@@ -211,8 +232,9 @@ def start_node(name: str, head: LocalNode | None, dashboard: str | None, attempt
         temp_dir = tempfile.mkdtemp(prefix=f"seqctr-ray-{name[-1]}-")
         ports = free_ports(9)
         with open(Path(temp_dir) / "ray-start.log", "w") as out:
+            command = node_command(name, temp_dir, ports, head.ports[0] if head else None)
             proc = subprocess.Popen(
-                node_command(name, temp_dir, ports, head.ports[0] if head else None),
+                HIDE + [str(hide), *command] if hide else command,
                 env=node_env(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -232,17 +254,22 @@ def start_node(name: str, head: LocalNode | None, dashboard: str | None, attempt
 
 
 @pytest.fixture(scope="module")
-def two_nodes() -> Iterator[TwoNodes]:
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodes]:
     nodes: list[LocalNode] = []
+    hidden = tmp_path_factory.getbasetemp()  # every tmp_path of this session lives below it
+    hidden = hidden if can_hide(hidden) else None
+    if hidden is None:
+        print("\n[two-node] no private mount namespace here (unshare --mount failed): node_b shares the disk")
     try:
         nodes.append(start_node("node_a", head=None, dashboard=None))
         dashboard = f"http://127.0.0.1:{nodes[0].ports[1]}"
-        nodes.append(start_node("node_b", head=nodes[0], dashboard=dashboard))
+        nodes.append(start_node("node_b", head=nodes[0], dashboard=dashboard, hide=hidden))
         alive = alive_nodes(dashboard)
         yield TwoNodes(
             dashboard=dashboard,
             gcs_address=f"{alive['node_a'][1]}:{nodes[0].ports[0]}",
             node_ids={name: node_id for name, (node_id, _ip) in alive.items()},
+            hidden=hidden,
         )
     finally:
         for node in reversed(nodes):
@@ -329,17 +356,20 @@ def test_stop_a_running_job(two_nodes, cli, monkeypatch):
         follow_job(client, "raysubmit_doesnotexist", lines.append)
 
 
-def test_seqctr_train_puts_one_worker_on_each_node(two_nodes, cli, monkeypatch, tmp_path_factory):
+def test_seqctr_train_puts_one_worker_on_each_node(two_nodes, cli, monkeypatch, tmp_path_factory, s3_root):
     from ray.util.state import list_actors
 
     from seqctr.platform.config import CONFIGS_DIR, load_config
     from seqctr.platform.data.synthetic import generate_synthetic
+    from seqctr.platform.storage import upload_dir
 
     monkeypatch.chdir(REPO)
-    shared = tmp_path_factory.mktemp("two-node-shared")  # one filesystem: both nodes see it
+    local = tmp_path_factory.mktemp("two-node-local")  # node_a's disk only: node_b sees an empty tmpfs here
     # A smaller log than tiny.yaml's: this test is about where workers run, not what they learn.
     synthetic = load_config(CONFIGS_DIR / "tiny.yaml", ["data.synthetic.events=4000"]).data.synthetic
-    data = generate_synthetic(synthetic, shared / "data")
+    data = generate_synthetic(synthetic, local / "data")
+    upload_dir(data["events_path"], f"{s3_root}/data/events")
+    upload_dir(local / "data" / "items", f"{s3_root}/data/items")
     command = [
         "seqctr", "train", "--config", "configs/tiny.yaml",
         "--set", "train.num_workers=2",
@@ -347,13 +377,13 @@ def test_seqctr_train_puts_one_worker_on_each_node(two_nodes, cli, monkeypatch, 
         "--set", "train.epochs=1",
         "--set", "train.torch_threads=1",  # two DDP workers share 2 real cores
         "--set", "model.text=false",  # id embeddings only: no BERT stage, the test is about placement
-        "--set", f"data.events={data['events_path']}",
-        "--set", f"data.items={shared / 'data' / 'items'}",
+        "--set", f"data.events={s3_root}/data/events",
+        "--set", f"data.items={s3_root}/data/items",
     ]  # fmt: skip
-    # --storage: samples, embeddings, runs and the registry in the shared folder, read by both nodes.
+    # --storage: samples, embeddings, runs and the registry on the S3 server, the only thing both nodes share.
     # RAY_ADDRESS: Ray Train's placement-group cleaner looks its cluster up with address "auto", which
     # fails when a machine runs several Ray instances (this test's nodes, the session's local Ray).
-    flags = ("--storage", str(shared), "--env", f"RAY_ADDRESS={two_nodes.gcs_address}")
+    flags = ("--storage", f"{s3_root}/seqctr", "--env", f"RAY_ADDRESS={two_nodes.gcs_address}")
     job_id, _ = submit(cli, two_nodes, command, flags=flags)
     status = wait_for_job(two_nodes, job_id)
     chunks: list[str] = []
@@ -374,4 +404,26 @@ def test_seqctr_train_puts_one_worker_on_each_node(two_nodes, cli, monkeypatch, 
     placement = {name: [(pid, ranks.get(pid)) for pid in pids] for name, pids in by_node.items()}
     print(f"\n[two-node] train job {job_id}: (pid, world_rank) by node {placement}, ids {two_nodes.node_ids}")
     assert len(workers) == 2 and all(len(pids) == 1 for pids in by_node.values()), by_node
-    assert list((shared / "runs" / "seqctr").glob("*/*/model.safetensors")), "no checkpoint in shared storage"
+    fs, base = filesystem_for(f"{s3_root}/seqctr/runs/seqctr")
+    stored = [i.path for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))]
+    assert [p for p in stored if p.endswith("/model.safetensors")], "no checkpoint in the object store"
+    assert any(p.endswith("/latest.json") for p in stored)
+    if two_nodes.hidden is not None:  # and node_b really could not read what node_a's side wrote locally
+        probe = HIDDEN_PROBE.format(folder=str(local / "data"))
+        _, output = submit(cli, two_nodes, ["python", "-c", probe], follow=True)
+        seen = json.loads(next(line for line in output.splitlines() if line.startswith("SEEN "))[5:])
+        assert seen["node_a"] == ["events", "items"] and seen["node_b"] == [], seen
+
+
+HIDDEN_PROBE = """
+import json, os, ray
+ray.init()
+
+@ray.remote(num_cpus=0)
+def listing(folder):
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+folder = {folder!r}
+seen = {{n: ray.get(listing.options(resources={{n: 0.01}}).remote(folder)) for n in ("node_a", "node_b")}}
+print("SEEN " + json.dumps(seen))
+"""
