@@ -6,7 +6,8 @@
     seqctr models promote seqctr v3          # moves production only if v3 beats it on val_auc
     seqctr models rollback seqctr            # production back to its previous target
 
-The registry root is `--root`, else `registry.root` of the config (`--config` / `--set`). Only the
+The registry root is `--root`, else `registry.root` of `--config` / `--set` when given, else
+$SEQCTR_REGISTRY (what `registry://` refs resolve against everywhere), else the default. Only the
 registry is imported here (no torch, no Ray), so these commands answer quickly.
 """
 
@@ -21,7 +22,7 @@ import typer
 
 from seqctr.cli.errors import user_errors
 from seqctr.platform.config import load_config, resolve_paths
-from seqctr.platform.registry import Registry, VersionRecord
+from seqctr.platform.registry import Registry, VersionRecord, default_registry_root
 
 models_app = typer.Typer(
     help="Model registry: list, show, register, promote and roll back versions.",
@@ -29,7 +30,9 @@ models_app = typer.Typer(
     add_completion=False,
 )
 
-RootOpt = typer.Option(None, "--root", help="Registry folder or URI (default: registry.root of the config).")
+RootOpt = typer.Option(
+    None, "--root", help="Registry folder or URI (default: --config/--set registry.root, else $SEQCTR_REGISTRY)."
+)
 ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment YAML (default: configs/default.yaml).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set registry.root=/x (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
@@ -39,6 +42,8 @@ AliasOpt = typer.Option("production", "--alias", "-a", help="Alias to move.")
 def _registry(root: str | None, config: Path | None, overrides: list[str] | None) -> Registry:
     if root:
         return Registry(root)
+    if config is None and not overrides:
+        return Registry(default_registry_root(None))
     return Registry(resolve_paths(load_config(config, overrides)).registry.root)
 
 
