@@ -26,9 +26,13 @@ from seqctr.cli.models import models_app
 from seqctr.cli.serve import score_command, serve_command
 from seqctr.platform.config import ConfigError, ExperimentConfig, load_config, resolve_paths
 
-app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
-config_app = typer.Typer(help="Show the resolved experiment config.", no_args_is_help=True)
-data_app = typer.Typer(help="Generate, validate and build behaviour data.", no_args_is_help=True)
+# Plain help (rich_markup_mode=None), as most CLIs print it: typer's rich panels tag every option with a
+# `<bool>`/`<str>` type; here a flag has no tag and a value option names what it takes (metavar=...).
+# Arguments are hidden from the (tagged) Arguments list and described in their command's docstring.
+PLAIN = {"no_args_is_help": True, "rich_markup_mode": None}
+app = typer.Typer(help=__doc__.split("\n\n")[0], add_completion=False, **PLAIN)
+config_app = typer.Typer(help="Show the resolved experiment config.", **PLAIN)
+data_app = typer.Typer(help="Generate, validate and build behaviour data.", **PLAIN)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models", help="Model registry: list, show, register, promote, rollback.")
@@ -49,8 +53,12 @@ def global_options(
         os.environ["SEQCTR_VERBOSE"] = "1"
 
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment YAML (default: configs/default.yaml).")
-SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set train.lr=1e-3 (repeatable).")
+ConfigOpt = typer.Option(
+    None, "--config", "-c", help="Experiment YAML (default: configs/default.yaml).", metavar="YAML"
+)
+SetOpt = typer.Option(
+    None, "--set", "-s", help="Override a config key: --set train.lr=1e-3 (repeatable).", metavar="KEY=VALUE"
+)
 
 
 def get_config(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
@@ -83,33 +91,41 @@ def config_show(config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
 @data_app.command("generate")
 @user_errors
 def data_generate(
-    out: Path = typer.Option(Path("work/data"), help="Output folder (events/ and items/)."),
-    users: int | None = typer.Option(None, help="Users (default: data.synthetic.users)."),
-    items: int | None = typer.Option(None, help="Items (default: data.synthetic.items)."),
-    events: int | None = typer.Option(None, help="Events (default: data.synthetic.events)."),
-    seed: int | None = typer.Option(None, help="Seed (default: data.synthetic.seed)."),
+    out: Path = typer.Option(Path("work/data"), help="Output folder (events/ and items/).", metavar="PATH"),
+    users: int | None = typer.Option(None, help="Users (default: data.synthetic.users).", metavar="N"),
+    items: int | None = typer.Option(None, help="Items (default: data.synthetic.items).", metavar="N"),
+    events: int | None = typer.Option(None, help="Events (default: data.synthetic.events).", metavar="N"),
+    seed: int | None = typer.Option(None, help="Seed (default: data.synthetic.seed).", metavar="N"),
+    force: bool = typer.Option(False, "--force", help="Replace a different log already in --out."),
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
 ) -> None:
-    """Write a synthetic behaviour log with known click probabilities (p_true)."""
-    from seqctr.platform.data.synthetic import generate_synthetic, oracle_auc
+    """Write a synthetic behaviour log with known click probabilities (p_true).
+
+    The same log already in --out is kept (the caches built from it stay valid); a different one is
+    replaced only with --force."""
+    from seqctr.platform.data.synthetic import oracle_auc, write_synthetic
+    from seqctr.platform.storage import atomic_write_text
 
     cfg = get_config(config, set_)
     given = {"users": users, "items": items, "events": events, "seed": seed}
     syn = cfg.data.synthetic.model_copy(update={k: v for k, v in given.items() if v is not None})
     syn = type(syn).model_validate(syn.model_dump())
-    report = generate_synthetic(syn, out)
+    report = write_synthetic(syn, out, force=force)
     report["oracle_auc"] = oracle_auc(report["events_path"])
+    # The stamp `seqctr demo` reads to reuse a log (demo._generate), kept true after every generate.
+    stamp = {"config": syn.model_dump(), "report": {k: v for k, v in report.items() if k != "action"}}
+    atomic_write_text(out / "synthetic.json", json.dumps(stamp, default=str))
     echo_json(report)
 
 
 @data_app.command("validate")
 @user_errors
 def data_validate(
-    path: str = typer.Argument(..., help="Parquet file, folder or URI."),
-    kind: str = typer.Option("auto", help="events | items | auto (by columns)."),
+    path: str = typer.Argument(..., metavar="PATH", hidden=True),
+    kind: str = typer.Option("auto", help="events | items | auto (by columns).", metavar="KIND"),
 ) -> None:
-    """Check a behaviour log or item table against the data contract."""
+    """Check a behaviour log or item table against the data contract. PATH: a Parquet file, folder or URI."""
     from seqctr.platform.data.contract import list_parquet_files, validate_events, validate_items
 
     if kind == "auto":
@@ -132,9 +148,9 @@ def data_validate(
 @data_app.command("build")
 @user_errors
 def data_build(
-    events: str | None = typer.Option(None, help="Behaviour log (default: data.events)."),
-    out: str | None = typer.Option(None, help="Samples folder (default: data.samples)."),
-    items: str | None = typer.Option(None, help="Item table for the item index (default: data.items)."),
+    events: str | None = typer.Option(None, help="Behaviour log (default: data.events).", metavar="PATH"),
+    out: str | None = typer.Option(None, help="Samples folder (default: data.samples).", metavar="PATH"),
+    items: str | None = typer.Option(None, help="Item table for the item index (default: data.items).", metavar="PATH"),
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
 ) -> None:
@@ -159,9 +175,11 @@ def data_build(
 @app.command("embed")
 @user_errors
 def embed(
-    items: str | None = typer.Option(None, help="Item table (default: data.items)."),
-    out: str | None = typer.Option(None, help="Output folder (default: embed.out)."),
-    model: str | None = typer.Option(None, help="'packaged', a BERT folder or id (default: embed.model)."),
+    items: str | None = typer.Option(None, help="Item table (default: data.items).", metavar="PATH"),
+    out: str | None = typer.Option(None, help="Output folder (default: embed.out).", metavar="PATH"),
+    model: str | None = typer.Option(
+        None, help="'packaged', a BERT folder or id (default: embed.model).", metavar="MODEL"
+    ),
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
 ) -> None:
@@ -183,7 +201,7 @@ def train(
     set_: list[str] = SetOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue the run train.run_name from its checkpoint."),
     init_from: str | None = typer.Option(
-        None, "--init-from", help="Warm start from a checkpoint dir or registry://NAME@ALIAS."
+        None, "--init-from", help="Warm start from a checkpoint dir or registry://NAME@ALIAS.", metavar="CHECKPOINT"
     ),
 ) -> None:
     """Train the CTR model with Ray Train; evaluate the best checkpoint on test and write a report."""
@@ -198,8 +216,8 @@ def train(
 @app.command("evaluate")
 @user_errors
 def evaluate(
-    checkpoint: str = typer.Option(..., help="Checkpoint dir or registry://NAME@ALIAS."),
-    events: str | None = typer.Option(None, help="A behaviour log to score (default: the test split)."),
+    checkpoint: str = typer.Option(..., help="Checkpoint dir or registry://NAME@ALIAS.", metavar="CHECKPOINT"),
+    events: str | None = typer.Option(None, help="A behaviour log to score (default: the test split).", metavar="PATH"),
 ) -> None:
     """Score any log with any checkpoint and print AUC, GAUC, logloss, calibration (+ oracle AUC)."""
     from seqctr.training.evaluation import evaluate_log
@@ -214,9 +232,9 @@ def evaluate(
 def tune_cmd(
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
-    samples: int | None = typer.Option(None, "--samples", help="Trials (default: tune.num_samples)."),
-    max_concurrent: int | None = typer.Option(None, "--max-concurrent", help="Trials at once."),
-    resume: str | None = typer.Option(None, "--resume", help="Resume the campaign of this name."),
+    samples: int | None = typer.Option(None, "--samples", help="Trials (default: tune.num_samples).", metavar="N"),
+    max_concurrent: int | None = typer.Option(None, "--max-concurrent", help="Trials at once.", metavar="N"),
+    resume: str | None = typer.Option(None, "--resume", help="Resume the campaign of this name.", metavar="NAME"),
     no_register: bool = typer.Option(False, "--no-register", help="Do not register the winner."),
 ) -> None:
     """Run a Ray Tune campaign (ASHA + Optuna) of Ray Train trials; register and maybe promote the best."""
@@ -237,7 +255,9 @@ def tune_cmd(
 def demo(
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
-    serve_seconds: float = typer.Option(0, help="Keep the endpoint up this long after the demo (0 = stop)."),
+    serve_seconds: float = typer.Option(
+        0, help="Keep the endpoint up this long after the demo (0 = stop).", metavar="SECONDS"
+    ),
 ) -> None:
     """The main job end to end: generate, build, embed, train, tune, promote, serve, score."""
     from seqctr.demo import run_demo

@@ -28,15 +28,23 @@ models_app = typer.Typer(
     help="Model registry: list, show, register, promote and roll back versions.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help, as in seqctr.cli.main
 )
 
 RootOpt = typer.Option(
-    None, "--root", help="Registry folder or URI (default: --config/--set registry.root, else $SEQCTR_REGISTRY)."
+    None,
+    "--root",
+    help="Registry folder or URI (default: --config/--set registry.root, else $SEQCTR_REGISTRY).",
+    metavar="PATH",
 )
-ConfigOpt = typer.Option(None, "--config", "-c", help="Experiment YAML (default: configs/default.yaml).")
-SetOpt = typer.Option(None, "--set", "-s", help="Override a config key: --set registry.root=/x (repeatable).")
+ConfigOpt = typer.Option(
+    None, "--config", "-c", help="Experiment YAML (default: configs/default.yaml).", metavar="YAML"
+)
+SetOpt = typer.Option(
+    None, "--set", "-s", help="Override a config key: --set registry.root=/x (repeatable).", metavar="KEY=VALUE"
+)
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
-AliasOpt = typer.Option("production", "--alias", "-a", help="Alias to move.")
+AliasOpt = typer.Option("production", "--alias", "-a", help="Alias to move.", metavar="ALIAS")
 
 
 def _registry(root: str | None, config: Path | None, overrides: list[str] | None) -> Registry:
@@ -70,14 +78,16 @@ def _echo_json(obj: Any) -> None:
 @models_app.command("list")
 @user_errors
 def list_cmd(
-    name: str | None = typer.Argument(None, help="A model: list its versions (default: list models)."),
-    metric: str = typer.Option("val_auc", help="Metric column shown for each version."),
+    name: str | None = typer.Argument(None, metavar="NAME", hidden=True),
+    metric: str = typer.Option("val_auc", help="Metric column shown for each version.", metavar="METRIC"),
     as_json: bool = JsonOpt,
     root: str | None = RootOpt,
     config: Path | None = ConfigOpt,
     set_: list[str] | None = SetOpt,
 ) -> None:
-    """List models, or the versions of one model with their metric and aliases."""
+    """List models, or the versions of one model with their metric and aliases.
+
+    NAME: a model, whose versions are listed (default: list the models)."""
     registry = _registry(root, config, set_)
     if name is None:
         models = [
@@ -107,12 +117,14 @@ def list_cmd(
 @models_app.command("show")
 @user_errors
 def show_cmd(
-    ref: str = typer.Argument(..., help="NAME, NAME@VERSION (v3) or NAME@ALIAS (production)."),
+    ref: str = typer.Argument(..., metavar="REF", hidden=True),
     root: str | None = RootOpt,
     config: Path | None = ConfigOpt,
     set_: list[str] | None = SetOpt,
 ) -> None:
-    """Print one version's record (lineage, metrics, checkpoint path) and the aliases pointing at it."""
+    """Print one version's record (lineage, metrics, checkpoint path) and the aliases pointing at it.
+
+    REF: NAME, NAME@VERSION (seqctr@v3) or NAME@ALIAS (seqctr@production)."""
     registry = _registry(root, config, set_)
     record = registry.get(ref)
     aliases = registry.aliases(record.name)
@@ -124,16 +136,20 @@ def show_cmd(
 @models_app.command("register")
 @user_errors
 def register_cmd(
-    checkpoint_dir: Path = typer.Argument(..., help="A checkpoint folder (verified before and after copying)."),
-    name: str | None = typer.Option(None, "--name", "-n", help="Model name (default: registry.name)."),
-    run_id: str = typer.Option("manual", "--run-id", help="Run or campaign id recorded as lineage."),
-    parent: str | None = typer.Option(None, "--parent", help="Parent version, e.g. seqctr@v2."),
-    data_fingerprint: str | None = typer.Option(None, "--data-fingerprint", help="Training data fingerprint."),
+    checkpoint_dir: Path = typer.Argument(..., metavar="CHECKPOINT_DIR", hidden=True),
+    name: str | None = typer.Option(None, "--name", "-n", help="Model name (default: registry.name).", metavar="NAME"),
+    run_id: str = typer.Option("manual", "--run-id", help="Run or campaign id recorded as lineage.", metavar="ID"),
+    parent: str | None = typer.Option(None, "--parent", help="Parent version, e.g. seqctr@v2.", metavar="REF"),
+    data_fingerprint: str | None = typer.Option(
+        None, "--data-fingerprint", help="Training data fingerprint.", metavar="SHA256"
+    ),
     root: str | None = RootOpt,
     config: Path | None = ConfigOpt,
     set_: list[str] | None = SetOpt,
 ) -> None:
-    """Copy a checkpoint into the registry as the next version of NAME (aliases are not moved)."""
+    """Copy a checkpoint into the registry as the next version of NAME (aliases are not moved).
+
+    CHECKPOINT_DIR: a checkpoint folder, verified before and after copying."""
     if root and name:
         registry = Registry(root)
     else:
@@ -149,16 +165,20 @@ def register_cmd(
 @models_app.command("promote")
 @user_errors
 def promote_cmd(
-    name: str = typer.Argument(..., help="Model name."),
-    version: str = typer.Argument(..., help="Candidate version (v3 or 3)."),
+    name: str = typer.Argument(..., metavar="NAME", hidden=True),
+    version: str = typer.Argument(..., metavar="VERSION", hidden=True),
     alias: str = AliasOpt,
-    metric: str | None = typer.Option(None, help="Metric to beat (default: registry.promote_metric)."),
+    metric: str | None = typer.Option(
+        None, help="Metric to beat (default: registry.promote_metric).", metavar="METRIC"
+    ),
     force: bool = typer.Option(False, "--force", help="Move the alias even if the candidate is not better."),
     root: str | None = RootOpt,
     config: Path | None = ConfigOpt,
     set_: list[str] | None = SetOpt,
 ) -> None:
-    """Move ALIAS to VERSION only if its metric strictly beats the current target's (or --force)."""
+    """Move ALIAS to VERSION only if its metric strictly beats the current target's (or --force).
+
+    NAME: the model; VERSION: the candidate (v3 or 3)."""
     if metric is None:
         metric = load_config(config, set_).registry.promote_metric
     registry = _registry(root, config, set_)
@@ -173,13 +193,13 @@ def promote_cmd(
 @models_app.command("rollback")
 @user_errors
 def rollback_cmd(
-    name: str = typer.Argument(..., help="Model name."),
+    name: str = typer.Argument(..., metavar="NAME", hidden=True),
     alias: str = AliasOpt,
     root: str | None = RootOpt,
     config: Path | None = ConfigOpt,
     set_: list[str] | None = SetOpt,
 ) -> None:
-    """Point ALIAS back at its previous target (repeatable)."""
+    """Point ALIAS back at its previous target (repeatable). NAME: the model."""
     record = _registry(root, config, set_).rollback(name, alias=alias)
     typer.secho(f"{alias} of {name} rolled back to {record.version}", fg=typer.colors.GREEN)
     _echo_json(record.to_dict())

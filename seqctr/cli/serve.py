@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -224,14 +226,20 @@ def serve_args(config: Path | None, overrides: list[str]) -> tuple[dict[str, Any
 
 
 def serve_command(
-    model: str | None = typer.Option(None, "--model", "-m", help="registry://NAME@ALIAS or a checkpoint dir."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="Experiment YAML or a Serve config file."),
-    set_: list[str] = typer.Option(None, "--set", "-s", help="Config override, e.g. serve.max_batch_size=8."),
-    name: str = typer.Option(DEFAULT_APP, help="Serve application name."),
-    host: str | None = typer.Option(None, help="HTTP host (default serve.host)."),
-    port: int | None = typer.Option(None, help="HTTP port (default serve.port)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="registry://NAME@ALIAS or a checkpoint dir.", metavar="MODEL"
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Experiment YAML or a Serve config file.", metavar="YAML"
+    ),
+    set_: list[str] = typer.Option(
+        None, "--set", "-s", help="Config override, e.g. serve.max_batch_size=8.", metavar="KEY=VALUE"
+    ),
+    name: str = typer.Option(DEFAULT_APP, help="Serve application name.", metavar="NAME"),
+    host: str | None = typer.Option(None, help="HTTP host (default serve.host).", metavar="HOST"),
+    port: int | None = typer.Option(None, help="HTTP port (default serve.port).", metavar="PORT"),
     detach: bool = typer.Option(False, "--detach", help="Return once running (needs a running Ray cluster)."),
-    timeout: float = typer.Option(300.0, help="Seconds to wait for the app or the reload."),
+    timeout: float = typer.Option(300.0, help="Seconds to wait for the app or the reload.", metavar="SECONDS"),
 ) -> None:
     """Start the CTR endpoint on Ray Serve, or hot-reload the model of the one already running."""
     from seqctr.serving.app import model_user_config, read_api_key
@@ -264,27 +272,56 @@ def serve_command(
     typer.echo(f"{result['action']}: {info['name']} {info['version']} at {url} (docs: {url}/docs)")
     if result["action"] != "started" or detach:
         return
+    typer.echo("serving until Ctrl-C or SIGTERM")
+    from ray import serve
+
+    stopped_by = serve_until_stopped(serve.shutdown)
+    typer.echo(f"stopped ({stopped_by}): Serve shut down, {url} is closed")
+
+
+class _Terminated(Exception):
+    """Raised in the main thread by the SIGTERM handler of serve_until_stopped."""
+
+
+def serve_until_stopped(shutdown: Callable[[], None], poll_s: float = 5.0) -> str:
+    """Block until Ctrl-C or SIGTERM, then call `shutdown` once; returns which one stopped it.
+
+    SIGTERM (what `kill`, systemd and Kubernetes send) takes the same path as Ctrl-C, so the app and
+    the local Ray instance are shut down instead of the process dying mid-request. The previous
+    SIGTERM handler is restored afterwards.
+    """
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         while True:
-            time.sleep(5)
+            time.sleep(poll_s)
     except KeyboardInterrupt:
-        from ray import serve
-
-        serve.shutdown()
+        stopped_by = "Ctrl-C"
+    except _Terminated:
+        stopped_by = "SIGTERM"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    shutdown()
+    return stopped_by
 
 
 def score_command(
-    url: str = typer.Option("http://127.0.0.1:8000", help="Endpoint base URL."),
-    history: str = typer.Option("", help="Clicked item ids, oldest first, comma-separated."),
+    url: str = typer.Option("http://127.0.0.1:8000", help="Endpoint base URL.", metavar="URL"),
+    history: str = typer.Option("", help="Clicked item ids, oldest first, comma-separated.", metavar="IDS"),
     history_timestamps: str = typer.Option(
-        "", help="Unix seconds of each history click, comma-separated (same count as --history)."
+        "", help="Unix seconds of each history click, comma-separated (same count as --history).", metavar="SECONDS"
     ),
-    candidates: str = typer.Option(..., help="Candidate item ids, comma-separated."),
-    rank: int | None = typer.Option(None, "--rank", "-k", help="Return only the top K (POST /v1/rank)."),
+    candidates: str = typer.Option(..., help="Candidate item ids, comma-separated.", metavar="IDS"),
+    rank: int | None = typer.Option(None, "--rank", "-k", help="Return only the top K (POST /v1/rank).", metavar="K"),
     explain: bool = typer.Option(False, help="Include attention weights per history item."),
-    user_id: str | None = typer.Option(None, help="User id (logged only)."),
-    api_key_env: str = typer.Option("SEQCTR_API_KEY", help="Env var holding the X-API-Key value, if any."),
-    timeout: float = typer.Option(10.0, help="Seconds per HTTP request."),
+    user_id: str | None = typer.Option(None, help="User id (logged only).", metavar="ID"),
+    api_key_env: str = typer.Option(
+        "SEQCTR_API_KEY", help="Env var holding the X-API-Key value, if any.", metavar="VAR"
+    ),
+    timeout: float = typer.Option(10.0, help="Seconds per HTTP request.", metavar="SECONDS"),
 ) -> None:
     """Score (or rank) candidates for one history against a running endpoint; prints the JSON answer."""
     import httpx
@@ -313,6 +350,12 @@ def score_command(
         raise _fail(f"--candidates/--history/--history-timestamps: {first['loc']}: {first['msg']}") from None
     except ValueError as err:  # e.g. a timestamp count that differs from --history's
         raise _fail(f"--history-timestamps: {err}") from None
+    except httpx.ConnectError as err:  # nothing listens there (refused, unknown host)
+        message = f"no endpoint answers at {url} ({err}); start one with `seqctr serve --model MODEL` or pass --url"
+        raise _fail(message) from None
+    except httpx.TimeoutException:
+        message = f"{url} did not answer within {timeout:g}s (--timeout); is `seqctr serve` still starting?"
+        raise _fail(message) from None
     except (CTRClientError, httpx.HTTPError) as err:
         raise _fail(str(err)) from None
     typer.echo(out.model_dump_json(indent=2, exclude_none=True))

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are written on clusters and CI machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from seqctr.platform.model.metrics import calibration_bins, roc_curve_points  # noqa: E402
 from seqctr.platform.storage import join, output_dir, upload_dir  # noqa: E402
@@ -54,7 +55,8 @@ def _plot_calibration(path: Path, labels: np.ndarray, probs: np.ndarray) -> None
     plt.close(fig)
 
 
-def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
+def curves_figure(history: list[dict[str, Any]]) -> plt.Figure:
+    """Loss and validation metrics by epoch, on whole-epoch ticks."""
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.8))
     a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
@@ -65,7 +67,17 @@ def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
     b.plot(epochs, [h["val_gauc"] for h in history], "o-", label="val GAUC")
     b.set(xlabel="epoch", title="Validation")
     b.legend()
+    for ax in (a, b):  # epochs are whole numbers: no 0.5 ticks on a two-epoch run
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
+    return fig
+
+
+def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
+    fig = curves_figure(history)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -12,7 +12,10 @@ only state carried between chunks is the open session of the user cut by the chu
 
 from __future__ import annotations
 
+import filecmp
+import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from seqctr.platform.config import SyntheticConfig
+from seqctr.platform.data.contract import DataError
 from seqctr.platform.model.metrics import auc
 from seqctr.platform.storage import atomic_dir
 
@@ -683,6 +687,42 @@ def generate_synthetic(cfg: SyntheticConfig, out: str | Path, process: ClickProc
         "events_path": str(out / "events"),
         "items_path": str(out / "items" / "items.parquet"),
     }
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Same file names and the same bytes in each (the generator is deterministic for a config)."""
+    names = sorted(p.name for p in a.iterdir() if p.is_file())
+    if not b.is_dir() or names != sorted(p.name for p in b.iterdir() if p.is_file()):
+        return False
+    return all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
+
+
+def write_synthetic(cfg: SyntheticConfig, out: str | Path, force: bool = False) -> dict:
+    """generate_synthetic, safe over a log that is already there: `report["action"]` says what happened.
+
+    Nothing there: generated. The same log (what this config generates, byte for byte): kept as it is,
+    files and modification times untouched, so the sample and embedding caches keyed on them stay valid.
+    Anything else (another config, or a user's own log): a DataError naming the folder, nothing changed,
+    unless `force`, which replaces it.
+    """
+    out = Path(out)
+    existing = [p for p in (out / "events", out / "items") if p.exists()]
+    if not existing:
+        return {**generate_synthetic(cfg, out), "action": "generated"}
+    staging = out.parent / f".{out.name}.generate-{uuid.uuid4().hex[:8]}"
+    try:
+        report = generate_synthetic(cfg, staging)
+        if all(_same_folder(staging / p.name, p) for p in (out / "events", out / "items")):
+            paths = {"events_path": str(out / "events"), "items_path": str(out / "items" / "items.parquet")}
+            return {**report, **paths, "action": "kept"}
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not force:
+        raise DataError(
+            f"{out}: a different behaviour log is already there ({', '.join(p.name for p in existing)}/); "
+            "pass --force to replace it, or --out another folder"
+        )
+    return {**generate_synthetic(cfg, out), "action": "replaced"}
 
 
 def read_columns(path: str | Path, columns: list[str]) -> dict[str, np.ndarray]:
