@@ -28,6 +28,19 @@ DEMO_TUNE = {
 }
 
 
+def plain(value: Any) -> Any:
+    """JSON's own types for numpy scalars, recursively: a trial's `np.int64(16)` prints as 16, not "16".
+
+    (The campaign's best config comes from a pandas row; `json.dumps(default=str)` would quote it.)"""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
 class Stages:
     """Runs named stages, printing progress and keeping their wall times for the summary."""
 
@@ -90,7 +103,7 @@ def _train(cfg: ExperimentConfig) -> dict[str, Any]:
 def full_budget_config(cfg: ExperimentConfig, best_config: dict[str, Any]) -> ExperimentConfig:
     """The campaign winner's settings on production's budget (the whole train split, production's epochs),
     so the promotion compares like with like: a trial trained on a subsample never faces a full run."""
-    tuned = {key: v.item() if hasattr(v, "item") else v for key, v in best_config.items() if key not in DEMO_TUNE}
+    tuned = {key: v for key, v in plain(best_config).items() if key not in DEMO_TUNE}
     return cfg.with_overrides({**tuned, "train.run_name": f"{cfg.train.run_name}-challenger"})
 
 
@@ -107,7 +120,7 @@ def _tune(cfg: ExperimentConfig) -> dict[str, Any]:
         return json.loads(summary_file.read_text())
     # A campaign folder without a summary is an interrupted campaign: finish it, do not start over.
     resume = DEMO_TUNE["tune.campaign"] if campaign_dir.exists() else None
-    summary = run_campaign(tune_cfg, resume=resume, register=False)
+    summary = plain(run_campaign(tune_cfg, resume=resume, register=False))
     challenger = full_budget_config(cfg, summary["best_config"])
     if challenger.with_overrides({"train.run_name": cfg.train.run_name}) == cfg:
         summary["registry"] = {"promotion": "the winner is the default config: production already is it"}
@@ -186,6 +199,7 @@ def run_demo(cfg: ExperimentConfig, serve_seconds: float = 0) -> dict[str, Any]:
         },
         "stage_seconds": {k: round(v, 1) for k, v in stages.times.items()},
     }
+    summary = plain(summary)  # numbers as numbers when printed
     print("\n=== summary")
     print(json.dumps(summary, indent=2, default=str))
     print("\nrequest:  POST", served["url"] + "/v1/rank")

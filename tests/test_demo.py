@@ -28,3 +28,38 @@ def test_the_challenger_is_trained_like_production():
         }
     )
     assert same == production  # nothing else differs
+
+
+def test_a_campaign_winner_prints_its_values_as_their_types():
+    """The winner's config comes from a pandas row of the trial table (numpy scalars); printed or saved,
+    hidden_size is the number 16, not the string "16"."""
+    import json
+
+    import pandas as pd
+
+    from seqctr.demo import plain
+
+    table = pd.DataFrame(
+        [
+            {"trial_id": "a", "config/model.hidden_size": 16, "config/train.lr": 0.01, "config/model.attention": True},
+            {"trial_id": "b", "config/model.hidden_size": 8, "config/train.lr": 0.003, "config/model.attention": False},
+        ]
+    )
+    row = table.iloc[0]
+    best = {k[7:]: row[k] for k in table.columns if k.startswith("config/")}  # what the campaign returns
+    assert json.loads(json.dumps(best, default=str))["model.hidden_size"] == "16"  # the bug, as it was
+    printed = json.loads(json.dumps(plain({"campaign_best": best, "trials": [row["config/train.lr"]]}), default=str))
+    assert printed == {
+        "campaign_best": {"model.hidden_size": 16, "train.lr": 0.01, "model.attention": True},
+        "trials": [0.01],
+    }
+    assert type(printed["campaign_best"]["model.hidden_size"]) is int
+
+
+def test_cli_json_output_keeps_numbers_numbers(capsys):
+    import json
+
+    from seqctr.cli.main import echo_json
+
+    echo_json({"best_config": {"model.hidden_size": np.int64(16), "model.attention": np.bool_(True)}})
+    assert json.loads(capsys.readouterr().out) == {"best_config": {"model.hidden_size": 16, "model.attention": True}}

@@ -75,8 +75,14 @@ def init_ray() -> None:
     quiet_native_stderr(_init())
 
 
+def _json_value(obj: Any) -> Any:
+    """numpy scalars (a Tune trial's config read from a pandas row) as numbers, not quoted strings."""
+    item = getattr(obj, "item", None)
+    return item() if callable(item) else str(obj)
+
+
 def echo_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    typer.echo(json.dumps(obj, indent=2, default=_json_value))
 
 
 # --------------------------------------------------------------------------- config
