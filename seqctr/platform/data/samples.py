@@ -1,16 +1,21 @@
-"""Behaviour log -> CTR samples (history, target, label) and global time splits, with Ray Data.
+"""Behaviour log -> CTR samples (history, target, label) and global time splits, on Ray.
 
-The whole build is distributed: the driver validates files from their metadata, then holds only
-small things (a timestamp sketch, the distinct item ids). Events are hash-shuffled by a stable
-user shard (`groupby("_shard").map_groups`), and all users of a shard become samples in one
-vectorised numpy call (`samples_from_events`). Splits are chosen by global time so no later event
-ever lands in an earlier split; `build_and_write` writes them in one streaming pass as Parquet.
+`build_and_write` (the `seqctr data build` path) is a two-stage shuffle in plain Ray tasks. Read
+tasks each read a slice of the log (whole row groups), normalise it, summarise it for the time split
+and the item index (a timestamp sketch, the distinct item ids) and cut it into partitions by a
+stable hash of the user id. The driver merges the small summaries into the split boundaries, then
+one task per partition turns all its users' events into samples in one vectorised numpy call
+(`samples_from_events`) and writes its rows of each split as one Parquet file. The log is read once;
+the driver never holds it. Why not Ray Data's groupby here: on 1M events (2 cores) its fixed costs
+(file listing, operator start-up, a second read pass for the scan, the partitioned write) were ~90% of
+the build, while the shuffle and the per-shard numpy were ~10% (see bench/build_speed.py --breakdown).
+`build_samples` keeps the Ray Data form (Dataset in, Dataset out) for callers that compose datasets.
 
 Sample of an event (DESIGN.md "Contracts"): `history` = the same user's earlier *positive* events
 (timestamp strictly smaller: an event never sees a click made at the same second), oldest first,
 the most recent `max_seq_len` of them; `history_ts` = their timestamps (the model reads each click's
 age at the event's `timestamp`: clicks of the current session reveal its intent); `target` = the
-event's item; `label`.
+event's item; `label`. Splits are chosen by global time so no later event lands in an earlier split.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import hashlib
 import json
 import sys
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
@@ -40,7 +43,7 @@ from seqctr.platform.data.contract import (
     validate_events,
     validate_items,
 )
-from seqctr.platform.model.features import ItemIndex
+from seqctr.platform.model.features import INDEX_FILE, ItemIndex, hash64
 from seqctr.platform.storage import (
     atomic_write_text,
     file_stamps,
@@ -56,8 +59,9 @@ SAMPLES_FORMAT = "seqctr.samples/v2"  # v2: history_ts beside history
 SUCCESS_FILE = "_SUCCESS"
 SPLITS = ("train", "val", "test")
 SKETCH_POINTS = 2048  # timestamp summary points per block: split fractions are exact to ~1/2048
-ROWS_PER_PARTITION = 250_000  # target events per hash-shuffle partition
-ROWS_PER_SHARD = 50_000  # target events per vectorised samples_from_events call
+ROWS_PER_READ = 250_000  # target events per read task (whole row groups)
+ROWS_PER_PARTITION = 250_000  # target events per samples + write task (one vectorised call each)
+MAX_PARTITIONS = 1_000  # read tasks x partitions objects cross the store; beyond this, fewer and larger
 
 SAMPLES_SCHEMA = pa.schema(
     [
@@ -196,16 +200,8 @@ def samples_from_events(events: pa.Table, max_seq_len: int) -> pa.Table:
 
 
 def _add_user_shard(batch: pa.Table, num_shards: int) -> pa.Table:
-    """`_shard` = crc32(user_id) % num_shards: stable everywhere, hashed once per distinct user."""
-    encoded = pc.dictionary_encode(batch.column("user_id"))
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
-    per_user = np.fromiter(
-        (zlib.crc32(u.encode("utf-8")) % num_shards for u in encoded.dictionary.to_pylist()),
-        dtype=np.int64,
-        count=len(encoded.dictionary),
-    )
-    shard = per_user[encoded.indices.to_numpy(zero_copy_only=False)]
+    """`_shard` = hash64(user_id) % num_shards: stable in every process, vectorised (no call per user)."""
+    shard = (hash64(batch.column("user_id")) % np.uint64(num_shards)).astype(np.int64)
     return batch.append_column("_shard", pa.array(shard, type=pa.int64()))
 
 
@@ -224,7 +220,7 @@ def build_samples(
     and `samples_from_events` handles all users of a shard in one vectorised call. Raise
     `num_shards` if a shard (log rows / num_shards) does not fit a worker's memory.
     `num_partitions`: hash-shuffle partitions (default: the cluster's CPUs, at most 200; Ray's own
-    default of 200 is slow on small logs; see `shuffle_partitions`).
+    default of 200 is slow on small logs).
     """
     if max_seq_len < 1:
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
@@ -238,31 +234,24 @@ def build_samples(
     )
 
 
-def shuffle_partitions(rows: int) -> int:
-    """Hash-shuffle partitions for a log of `rows` events (Ray's default, 200, is slow on tiny logs)."""
-    return int(np.clip(rows // ROWS_PER_PARTITION, 1, 200))
-
-
-def shards_for(rows: int) -> int:
-    """User shards for a log of `rows` events: about ROWS_PER_SHARD events per vectorised call."""
-    return int(np.clip(rows // ROWS_PER_SHARD, 1, 1_000_000))
-
-
 # ---------------------------------------------------------------------------------------------
 # Global time split
 # ---------------------------------------------------------------------------------------------
 
 
-def _block_summary(batch: pa.Table, with_items: bool) -> pa.Table:
-    """One row per block: a mergeable rank sketch of its timestamps (SKETCH_POINTS evenly spaced
-    order statistics, each weighted by the rows it stands for; exact when the block is smaller)
-    and, when asked, the block's distinct item ids."""
-    ts = np.sort(batch.column("timestamp").to_numpy().astype(np.int64, copy=False))
+def _sketch(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SKETCH_POINTS evenly spaced order statistics of `ts`, each weighted by the rows it stands for
+    (every value with weight 1 when there are fewer): mergeable across blocks, see boundaries_from_sketch."""
+    ts = np.sort(ts.astype(np.int64, copy=False))
     if ts.size <= SKETCH_POINTS:
-        values, weights = ts, np.ones(ts.size)
-    else:
-        picks = ((np.arange(SKETCH_POINTS) + 0.5) * ts.size / SKETCH_POINTS).astype(np.int64)
-        values, weights = ts[picks], np.full(SKETCH_POINTS, ts.size / SKETCH_POINTS)
+        return ts, np.ones(ts.size)
+    picks = ((np.arange(SKETCH_POINTS) + 0.5) * ts.size / SKETCH_POINTS).astype(np.int64)
+    return ts[picks], np.full(SKETCH_POINTS, ts.size / SKETCH_POINTS)
+
+
+def _block_summary(batch: pa.Table, with_items: bool) -> pa.Table:
+    """One row per block: the `_sketch` of its timestamps and, when asked, its distinct item ids."""
+    values, weights = _sketch(batch.column("timestamp").to_numpy())
     row = {
         "sketch_ts": pa.array([values], type=pa.list_(pa.int64())),
         "sketch_weight": pa.array([weights], type=pa.list_(pa.float64())),
@@ -341,12 +330,6 @@ def time_boundaries(ds: ray.data.Dataset, train_fraction: float, val_fraction: f
     return boundaries_from_sketch(values, weights, train_fraction, val_fraction)
 
 
-def _split_name(batch: pa.Table, t_val: int, t_test: int) -> pa.Table:
-    ts = batch.column("timestamp").to_numpy()
-    names = np.where(ts < t_val, "train", np.where(ts < t_test, "val", "test"))
-    return batch.append_column("split", pa.array(names, type=pa.string()))
-
-
 def split_by_time(samples: ray.data.Dataset, train_fraction: float, val_fraction: float) -> dict[str, Any]:
     """{"train", "val", "test"} datasets of a global time split (see `time_boundaries`).
 
@@ -395,33 +378,182 @@ def _item_ids(items_path: str | None, event_ids: set[str]) -> tuple[list[str], l
     return sorted(table_ids), sorted(event_ids - table_ids)
 
 
-def _write_splits(samples: ray.data.Dataset, folder: str, t_val: int, t_test: int) -> dict[str, int]:
-    """Write all splits in one streaming pass (partitioned by a split column), then move the hive
-    folders' files `_parts/split=train/*` to `train/`. Ray Data's writers write straight to `folder`
-    (a local path or a URI), so a multi-node build needs no shared disk. A split that got no rows gets
-    an empty file with the schema."""
+# ---------------------------------------------------------------------------------------------
+# The build as two rounds of Ray tasks: read + partition, then samples + write per partition
+# ---------------------------------------------------------------------------------------------
+
+
+def _plan_reads(files: list[str], rows_per_unit: int) -> tuple[list[list[tuple[str, list[int]]]], list[str]]:
+    """(read units, columns to read), from the files' footers alone.
+
+    A unit is a list of (file, row groups) of about `rows_per_unit` events: small files share a unit,
+    a big file's row groups are spread over several, and a row group is never split (a file of one
+    10M-row group is one task). Columns: the contract's, plus p_true when every file has it."""
+    units: list[list[tuple[str, list[int]]]] = []
+    current: list[tuple[str, list[int]]] = []
+    rows, with_p_true = 0, True
+    for file in files:
+        parquet = open_parquet(file)
+        with_p_true &= "p_true" in parquet.schema_arrow.names
+        groups: list[int] = []
+        for g in range(parquet.metadata.num_row_groups):
+            groups.append(g)
+            rows += parquet.metadata.row_group(g).num_rows
+            if rows >= rows_per_unit:
+                units.append([*current, (file, groups)])
+                current, groups, rows = [], [], 0
+        if groups:
+            current.append((file, groups))
+    if current:
+        units.append(current)
+    return units, [*EVENT_COLUMNS, "p_true"] if with_p_true else list(EVENT_COLUMNS)
+
+
+def _partition_count(rows: int) -> int:
+    """Reduce tasks: about ROWS_PER_PARTITION events each, and at least one per CPU (so all cores work)."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return int(np.clip(-(-rows // ROWS_PER_PARTITION), max(1, cpus), MAX_PARTITIONS))
+
+
+def _read_and_partition(unit: list[tuple[str, list[int]]], columns: list[str], num_partitions: int) -> list[Any]:
+    """Read task: [summary, partition 0, ..., partition P-1] of one slice of the log.
+
+    Partition = hash64(user_id) % P (stable in every process), so each user's events meet in one
+    reduce task whichever files they came from. Each partition is a copy of its rows (a `take`, not a
+    slice of the whole block, so the object store carries only those rows)."""
+    tables = [open_parquet(file).read_row_groups(groups, columns=columns) for file, groups in unit]
+    events = normalise_events(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+    values, weights = _sketch(events.column("timestamp").to_numpy())
+    summary = {
+        "rows": events.num_rows,
+        "sketch_ts": values,
+        "sketch_weight": weights,
+        "items": pc.unique(events.column("item_id")),
+    }
+    part = (hash64(events.column("user_id")) % np.uint64(num_partitions)).astype(np.int64)
+    order = np.argsort(part, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=num_partitions))])
+    pieces = [events.take(pa.array(order[bounds[k] : bounds[k + 1]])) for k in range(num_partitions)]
+    return [summary, *pieces]
+
+
+def _samples_and_write(
+    folder: str, k: int, max_seq_len: int, t_val: int, t_test: int, *pieces: pa.Table
+) -> dict[str, int]:
+    """Reduce task: samples of every user of partition `k`, each split written as `folder/<split>/part-k`.
+
+    Returns rows and bytes per split. Rerunning it (a retried task) rewrites the same files."""
+    samples = samples_from_events(pa.concat_tables(pieces), max_seq_len)
+    ts = samples.column("timestamp").to_numpy()
     fs, base = filesystem_for(folder)
-    parts = f"{base}/_parts"
-    samples.map_batches(
-        _split_name, batch_format="pyarrow", batch_size=None, fn_kwargs={"t_val": t_val, "t_test": t_test}
-    ).write_parquet(parts, partition_cols=["split"], filesystem=fs)
-    rows: dict[str, int] = {}
+    masks = {"train": ts < t_val, "val": (ts >= t_val) & (ts < t_test), "test": ts >= t_test}
+    out: dict[str, int] = {}
+    for split, mask in masks.items():
+        out[split] = rows = int(mask.sum())
+        out[f"{split}_bytes"] = 0
+        if rows:
+            path = f"{base}/{split}/part-{k:05d}.parquet"
+            pq.write_table(samples.filter(pa.array(mask)), path, filesystem=fs)
+            out[f"{split}_bytes"] = fs.get_file_info(path).size
+    return out
+
+
+class Progress:
+    """One line every `every_s` seconds for long work: done of total, rate and ETA (logs and Ray Job
+    logs show it as is; no terminal control codes)."""
+
+    def __init__(
+        self, say: Callable[[str], None], what: str, total: int, unit: str = "events", every_s: float = 5.0
+    ) -> None:
+        self.say, self.what, self.total, self.unit, self.every_s = say, what, max(total, 0), unit, every_s
+        self.start = self.last = time.perf_counter()
+        self.done = 0
+
+    def advance(self, n: int) -> None:
+        """Count `n` more done; print a line when `every_s` has passed since the last one."""
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every_s and self.done < self.total:
+            self.last = now
+            self.say(self.line(now))
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = max((now or time.perf_counter()) - self.start, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        share = 100.0 * self.done / self.total if self.total else 100.0
+        return (
+            f"{self.what}: {self.done:,}/{self.total:,} {self.unit} ({share:.0f}%), "
+            f"{rate:,.0f} {self.unit}/s, ETA {eta:.0f}s"
+        )
+
+
+def _wait_all(refs: list[ray.ObjectRef], progress: Progress, rows_of: Callable[[Any], int]) -> list[Any]:
+    """ray.get of every ref in order, advancing `progress` by `rows_of(result)` as each one lands."""
+    position = {ref: i for i, ref in enumerate(refs)}
+    results: list[Any] = [None] * len(refs)
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=progress.every_s)
+        for ref in ready:
+            results[position[ref]] = value = ray.get(ref)
+            progress.advance(rows_of(value))
+        if not ready:
+            progress.advance(0)
+    return results
+
+
+def _read_phase(
+    files: list[str], rows: int, say: Callable[[str], None]
+) -> tuple[list[list[ray.ObjectRef]], np.ndarray, np.ndarray, set[str]]:
+    """Start the read tasks; wait for their summaries. Returns (each task's partition refs, sketch
+    timestamps, sketch weights, distinct item ids); the partitions stay in the object store."""
+    if not ray.is_initialized():
+        ray.init()
+    num_partitions = _partition_count(rows)
+    units, columns = _plan_reads(files, ROWS_PER_READ)
+    read = ray.remote(_read_and_partition).options(num_returns=num_partitions + 1)
+    outputs = [read.remote(unit, columns, num_partitions) for unit in units]
+    say(f"reading {rows:,} events in {len(units)} task(s) into {num_partitions} partition(s) by user")
+    summaries = _wait_all([out[0] for out in outputs], Progress(say, "read", rows), lambda s: s["rows"])
+    event_ids: set[str] = set()
+    for summary in summaries:
+        event_ids.update(summary["items"].to_pylist())
+    values = np.concatenate([s["sketch_ts"] for s in summaries])
+    weights = np.concatenate([s["sketch_weight"] for s in summaries])
+    return [out[1:] for out in outputs], values, weights, event_ids
+
+
+def _write_phase(
+    partitions: list[list[ray.ObjectRef]],
+    folder: str,
+    max_seq_len: int,
+    t_val: int,
+    t_test: int,
+    rows: int,
+    say: Callable[[str], None],
+) -> dict[str, int]:
+    """One samples + write task per partition (fed that partition from every read task); a split
+    that got no rows gets an empty file with the schema. Returns rows and bytes per split."""
+    fs, base = filesystem_for(folder)
     for split in SPLITS:
-        src, dst = f"{parts}/split={split}", f"{base}/{split}"
-        fs.create_dir(dst, recursive=True)
-        listed = fs.get_file_info(pafs.FileSelector(src, allow_not_found=True))
-        for info in sorted((i for i in listed if i.path.endswith(".parquet")), key=lambda i: i.path):
-            fs.move(info.path, f"{dst}/{info.base_name}")  # a rename locally, copy + delete on S3
-        files = [i.path for i in fs.get_file_info(pafs.FileSelector(dst)) if i.path.endswith(".parquet")]
-        if not files:
-            pq.write_table(SAMPLES_SCHEMA.empty_table(), f"{dst}/empty.parquet", filesystem=fs)
-        rows[split] = sum(pq.read_metadata(f, filesystem=fs).num_rows for f in files)
-    fs.delete_dir(parts)
-    return rows
+        fs.create_dir(f"{base}/{split}", recursive=True)
+    write = ray.remote(_samples_and_write)
+    written = [
+        write.remote(folder, k, max_seq_len, t_val, t_test, *(parts[k] for parts in partitions))
+        for k in range(len(partitions[0]))
+    ]
+    partitions.clear()  # drop the driver's refs: each partition is freed once its task has read it
+    results = _wait_all(written, Progress(say, "samples", rows, "samples"), lambda r: sum(r[s] for s in SPLITS))
+    totals = {key: sum(r[key] for r in results) for key in results[0]}
+    for split in SPLITS:
+        if totals[split] == 0:
+            pq.write_table(SAMPLES_SCHEMA.empty_table(), f"{base}/{split}/empty.parquet", filesystem=fs)
+    return totals
 
 
 def _output_paths(out: str) -> dict[str, str]:
-    return {split: join(out, split) for split in SPLITS} | {"item_index": join(out, "item_index.json")}
+    return {split: join(out, split) for split in SPLITS} | {"item_index": join(out, INDEX_FILE)}
 
 
 def build_and_write(
@@ -433,7 +565,7 @@ def build_and_write(
     items_path: str | None = None,
     progress: Callable[[str], None] | None = _stage,
 ) -> dict[str, Any]:
-    """Events -> `out/{train,val,test}/*.parquet` + `out/item_index.json` + `out/_SUCCESS` (meta).
+    """Events -> `out/{train,val,test}/*.parquet` + `out/item_index.parquet` + `out/_SUCCESS` (meta).
 
     `out` may be a local path (built beside it and renamed into place) or a URI (written in place,
     `_SUCCESS` last: storage.output_dir); either way readers never trust half a build.
@@ -464,20 +596,16 @@ def build_and_write(
         validate_items(items_path)
     rows = int(summary["rows"])
     stages = {"validate": time.perf_counter() - start}
-    say(f"{rows} events; scanning timestamps and item ids for the time split and the item index")
-    sketch_ts, sketch_weight, event_ids = summarise_events(
-        _read_event_files(events_files, ["timestamp", "item_id"]), with_items=True
-    )
+    partitions, sketch_ts, sketch_weight, event_ids = _read_phase(events_files, rows, say)
     t_val, t_test = boundaries_from_sketch(sketch_ts, sketch_weight, train_fraction, val_fraction)
     table_ids, event_only = _item_ids(items_path, event_ids)
     index = ItemIndex.from_ids(table_ids).extend(event_only)
-    stages["scan"] = time.perf_counter() - start - sum(stages.values())
+    stages["read"] = time.perf_counter() - start - sum(stages.values())
     say(f"building samples (max_seq_len={max_seq_len}) and writing splits to {out_dir}")
-    events = _read_event_files(events_files)
-    samples = build_samples(events, max_seq_len, num_shards=shards_for(rows), num_partitions=shuffle_partitions(rows))
     with output_dir(out_dir, SUCCESS_FILE) as tmp:
-        split_rows = _write_splits(samples, tmp, t_val, t_test)
-        index.save(join(tmp, "item_index.json"))
+        written = _write_phase(partitions, tmp, max_seq_len, t_val, t_test, rows, say)
+        split_rows = {split: written[split] for split in SPLITS}
+        index.save(join(tmp, INDEX_FILE))
         stages["samples"] = time.perf_counter() - start - sum(stages.values())
         seconds = time.perf_counter() - start
         report = {
@@ -489,6 +617,7 @@ def build_and_write(
             "seconds": seconds,
             "samples_per_s": sum(split_rows.values()) / max(seconds, 1e-9),
             "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
+            "bytes_written": sum(written[f"{split}_bytes"] for split in SPLITS),
             "paths": _output_paths(out_dir),
             "cached": False,
         }
