@@ -224,6 +224,24 @@ def test_item_encoder_caches_recent_texts():
     assert enc.cache_info()["misses"] == 4
 
 
+def test_item_encoder_batch_embeds_each_new_text_once():
+    """A batch of concurrent cold-start requests (what @serve.batch hands over) goes through BERT once
+    for the unique uncached texts of all of them; each request gets its own vectors back, in order."""
+    enc = ItemEncoder.func_or_class(cache_size=10, torch_threads=0)
+    reference = TextEncoder("tiny", max_length=16)
+    settings = ("tiny", 16, "mean")
+    calls: list[list[str]] = []
+    encoder = enc._encoder(settings)
+    original = encoder.encode
+    encoder.encode = lambda texts: calls.append(list(texts)) or original(texts)
+    a, b = enc._encode_many([(["a b", "c d"], settings), (["c d", "e f", "a b"], settings)])
+    np.testing.assert_allclose(a, reference.encode(["a b", "c d"]), atol=1e-5)
+    np.testing.assert_allclose(b, reference.encode(["c d", "e f", "a b"]), atol=1e-5)
+    assert calls == [["a b", "c d", "e f"]]
+    [again] = enc._encode_many([(["e f"], settings)])  # cached now: no BERT call
+    assert calls == [["a b", "c d", "e f"]] and again.shape == (1, reference.dim)
+
+
 def test_schemas_coerce_ids_and_name_bad_fields():
     req = RankRequest(history=[1, "b"], candidates=[2, {"item_id": 3, "text": "t"}], k=1)
     assert req.payload() == {
