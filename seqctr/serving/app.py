@@ -16,6 +16,13 @@ The routes live on the scorer itself rather than on a separate ingress deploymen
 Serve hop costs more CPU than scoring a request (measured by bench/serve_latency.py), and a separate
 ingress would add one to every request.
 
+Sizing and overload (seqctr/serving/sizing.py): each replica asks for `serve.replica_cpus` (scorer) and
+`serve.encoder_cpus` (encoder), both autoscaled between serve.min_replicas and serve.max_replicas; the
+builder warns when max_replicas of them cannot fit the cluster's CPUs. Beyond max_ongoing_requests per
+replica and `serve.max_queued_requests` waiting, Serve's proxy answers 503 at once, which the client
+retries with backoff; the app's own 500s carry X-Seqctr-No-Retry. Every request's stage times go to
+Serve custom metrics (seqctr/serving/telemetry.py, deploy/grafana/seqctr_serving.json).
+
 The model URI goes into CTRScorer's `user_config`, so changing it (a Serve config's
 `deployments: [{name: CTRScorer, user_config: {model: ...}}]`, or `seqctr serve --model ...` against a
 running app) reconfigures the live replicas in place instead of restarting them.

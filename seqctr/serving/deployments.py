@@ -4,8 +4,9 @@ for cold-start items). seqctr/serving/app.py puts the HTTP routes on the scorer.
 Request path: HTTP -> CTRScorer.score -> (ItemEncoder.encode for unseen ids with text) -> one
 `@serve.batch` call that scores every concurrent request of the batch together through the model's
 public `CTRModel.score_groups`: the sequence encoder runs once over the B histories and one head pass
-covers every candidate of the batch. Batch size and wait come from `serve:` in the app's config;
-`info()` (GET /v1/model) counts the batches scored by size.
+covers every candidate of the batch, on one executor thread so the event loop goes on parsing the
+next requests meanwhile. Batch size and wait come from `serve:` in the app's config (wait 0: a batch
+is whatever queued while the previous one ran); `info()` (GET /v1/model) counts the batches by size.
 
 Cold start, in order: an id in the model's item index uses its learned vectors (`known`); an unseen id
 with text gets its text embedded by the ItemEncoder and its id hashed into a bucket (`text`); an
