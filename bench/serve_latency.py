@@ -59,7 +59,7 @@ def synthetic_checkpoint(path: Path, items: int, max_seq_len: int) -> Path:
     table = np.random.default_rng(0).normal(size=(len(index), 384)).astype(np.float32)
     torch.manual_seed(0)
     model = build_model(cfg.model, len(index), table).eval()
-    return save_checkpoint(path, model=model, config=cfg, item_index_json=index.to_json(), metrics={})
+    return save_checkpoint(path, model=model, config=cfg, item_index=index.to_json(), metrics={})
 
 
 def trained_checkpoint(root: Path, epochs: int, max_seq_len: int) -> tuple[Path, Path]:
@@ -123,7 +123,7 @@ def trained_checkpoint(root: Path, epochs: int, max_seq_len: int) -> tuple[Path,
             f"[bench] trained epoch {epoch}: val AUC {auc(val_arrays['label'], logits.numpy()):.4f}",
             flush=True,
         )
-    path = save_checkpoint(root / "checkpoint", model=model, config=cfg, item_index_json=index.to_json(), metrics={})
+    path = save_checkpoint(root / "checkpoint", model=model, config=cfg, item_index=index.to_json(), metrics={})
     return path, root / "samples"
 
 

@@ -53,7 +53,7 @@ def encoded_split(cfg: Any, assets: Any, split: str, rows: int) -> Any:
     from seqctr.training.ingest import encode_dataset
 
     ds = read_samples(cfg.data.samples, split).limit(rows)
-    return encode_dataset(ds, assets.index_json, cfg.model.id_buckets, cfg.data.max_seq_len).materialize()
+    return encode_dataset(ds, assets.index_bytes, cfg.model.id_buckets, cfg.data.max_seq_len).materialize()
 
 
 def ray_epoch(cfg: Any, assets: Any, train_ds: Any, val_ds: Any, workers: int, threads: int) -> dict[str, float]:
@@ -97,7 +97,7 @@ def bare_epoch(cfg: Any, assets: Any, train_ds: Any, threads: int) -> dict[str, 
     data = {k: torch.as_tensor(v) for k, v in _concat_numpy(train_ds, columns).items()}
     model = build_model_from_assets(cfg, assets)
     optimizer = make_optimizer(model, cfg)
-    index = ItemIndex.from_json(assets.index_json)
+    index = ItemIndex.from_bytes(assets.index_bytes)
     bucket_table = torch.as_tensor(index.buckets(cfg.model.id_buckets), dtype=torch.long)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     device = torch.device("cpu")

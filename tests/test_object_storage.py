@@ -120,7 +120,7 @@ def test_every_stage_on_s3_leaves_the_work_folder_empty(ray_session, s3_root, tm
 
     assert os.listdir(work) == []  # nothing written locally: every stage read and wrote the store
     stored = s3_files(s3_root)
-    for expected in ("samples/_SUCCESS", "samples/item_index.json", "embeddings/meta.json",
+    for expected in ("samples/_SUCCESS", "samples/item_index.parquet", "embeddings/meta.json",
                      "runs/seqctr/latest.json", "registry/seqctr/aliases.json",
                      "registry/seqctr/versions/v0001.json"):  # fmt: skip
         assert expected in stored, expected

@@ -177,6 +177,12 @@ def _verify_local(path: str | os.PathLike) -> dict[str, Any]:
     return verify_checkpoint(path)
 
 
+def _fetch_shared(source: str, local: Path) -> None:
+    from seqctr.platform.model.checkpoint import fetch_shared
+
+    fetch_shared(source, local)
+
+
 def _copy_files(src: Path, dst: str, files: list[str], fs: pafs.FileSystem) -> None:
     """Copy the manifest's files (only those: a checkpoint is exactly what its manifest lists)."""
     for name in files:
@@ -386,6 +392,28 @@ class _Store:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def install_shared(self, name: str, src: Path, manifest: dict[str, Any]) -> None:
+        """Copy the checkpoint's shared tables (see checkpoint.py) to NAME/tables/SHA.safetensors, once per
+        table: content-addressed, so versions that share a table store it once, and a copy that is
+        already there is the same bytes. Checked after the copy, before any version refers to it."""
+        from seqctr.platform.model.checkpoint import TABLES_DIR, shared_files, shared_table_name
+
+        located = shared_files(src)
+        for table, entry in manifest.get("shared", {}).items():
+            rel = f"{name}/{TABLES_DIR}/{shared_table_name(entry['sha256'])}"
+            if self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File:
+                continue
+            tmp = f"{rel}.tmp-{uuid.uuid4().hex[:8]}" if self.local else rel
+            self.fs.create_dir(self.path(f"{name}/{TABLES_DIR}"), recursive=True)
+            pafs.copy_files(
+                located[table], self.path(tmp), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
+            )
+            if _sha256_stream(self.fs, self.path(tmp)) != entry["sha256"]:
+                self.fs.delete_file(self.path(tmp))
+                raise RegistryError(f"copy of the shared table {located[table]} is corrupt (sha256 mismatch)")
+            if tmp != rel:
+                self.fs.move(self.path(tmp), self.path(rel))
+
     def _claim_slot(self, name: str) -> str:
         """The next version number, claimed with an exclusive create (the next number on conflict)."""
         stamp = json.dumps({"claimed": _now(), "by": f"{socket.gethostname()}:{os.getpid()}"})
@@ -526,6 +554,7 @@ class Registry:
                 return str(target)
         with atomic_dir(target) as tmp:
             self._store.download(f"{record.name}/versions/{record.version}", tmp)
+            _fetch_shared(record.path, tmp)
             _verify_local(tmp)
         return str(target)
 
@@ -553,6 +582,7 @@ class Registry:
         src = Path(resolve_checkpoint_uri(source)) if is_uri(source) else Path(checkpoint_dir).resolve()
         manifest = _verify_local(src)
         manifest_sha = hashlib.sha256((src / MANIFEST).read_bytes()).hexdigest()
+        self._store.install_shared(name, src, manifest)
         version = self._store.install_version(name, src, manifest, manifest_sha)
         rel = f"{name}/versions/{version}"
         metrics = self._read_json(f"{rel}/metrics.json") or {}
@@ -808,6 +838,7 @@ def resolve_checkpoint_uri(uri: str, cfg: ExperimentConfig | None = None) -> str
             target = _cache_root() / "checkpoints" / hashlib.sha256(uri.encode()).hexdigest()[:16]
             with atomic_dir(target) as tmp:
                 pafs.copy_files(base, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+                _fetch_shared(uri, tmp)
                 _verify_local(tmp)
             return str(target)
         uri = base

@@ -27,7 +27,7 @@ from seqctr.platform.model.predictor import BERT_CONFIG_FILE
 class ModelAssets:
     """Everything but the weights that rebuilds the model; shared by every worker and trial."""
 
-    index_json: str
+    index_bytes: bytes  # the item index as Parquet (features.ItemIndex.to_parquet_bytes)
     text_dim: int
     text_table: Any = None  # ObjectRef[np.ndarray (num_items, Dt)] or None (id-only)
     item_tokens: Any = None  # ObjectRef[(input_ids, attention_mask)] when fine-tuning BERT
@@ -60,7 +60,7 @@ def read_item_texts(items_path: str) -> tuple[list[str], list[str]]:
 
 def prepare_assets(cfg: ExperimentConfig, index: ItemIndex, init_from: str | None = None) -> ModelAssets:
     """Embed item texts (cached), align them with the index, tokenise for fine-tuning if asked."""
-    assets = ModelAssets(index_json=index.to_json(), text_dim=0, init_from=init_from)
+    assets = ModelAssets(index_bytes=index.to_parquet_bytes(), text_dim=0, init_from=init_from)
     if not cfg.model.text:
         return assets
     report = embed_items(cfg.data.items, cfg.embed)
@@ -82,7 +82,7 @@ def prepare_assets(cfg: ExperimentConfig, index: ItemIndex, init_from: str | Non
 
 def build_model_from_assets(cfg: ExperimentConfig, assets: ModelAssets) -> CTRModel:
     """A fresh model (pretrained BERT weights when fine-tuning) on CPU."""
-    num_items = len(ItemIndex.from_json(assets.index_json))
+    num_items = len(ItemIndex.from_bytes(assets.index_bytes))
     table = _resolve(assets.text_table)
     bert, tokens = None, None
     if cfg.model.text and cfg.model.bert_trainable_layers > 0:

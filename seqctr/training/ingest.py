@@ -35,8 +35,8 @@ class EncodeSamples:
     """Ray Data callable class: the item index is deserialised once per actor (its lookup table is
     built on the first batch and reused by every later one)."""
 
-    def __init__(self, index_json: str | bytes, num_buckets: int, max_seq_len: int) -> None:
-        self.index = ItemIndex.from_bytes(index_json)  # JSON text, or the Parquet bytes of the index
+    def __init__(self, index_data: str | bytes, num_buckets: int, max_seq_len: int) -> None:
+        self.index = ItemIndex.from_bytes(index_data)  # the Parquet bytes of the index (or JSON text)
         self.num_buckets = num_buckets
         self.max_seq_len = max_seq_len
 
@@ -45,13 +45,13 @@ class EncodeSamples:
 
 
 def encode_dataset(
-    ds: ray.data.Dataset, index_json: str | bytes, num_buckets: int, max_seq_len: int, concurrency: int = 1
+    ds: ray.data.Dataset, index_data: str | bytes, num_buckets: int, max_seq_len: int, concurrency: int = 1
 ) -> ray.data.Dataset:
     """Map a samples dataset to model tensors (see MODEL_COLUMNS) with an actor pool."""
     return ds.map_batches(
         EncodeSamples,
         fn_constructor_kwargs={
-            "index_json": index_json,
+            "index_data": index_data,
             "num_buckets": num_buckets,
             "max_seq_len": max_seq_len,
         },

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from seqctr.platform.config import ExperimentConfig, config_from_dict
-from seqctr.platform.model.checkpoint import read_checkpoint, save_checkpoint
+from seqctr.platform.model.checkpoint import SharedTables, read_checkpoint, save_checkpoint
 from seqctr.platform.model.features import ItemIndex
 from seqctr.platform.model.metrics import evaluate
 from seqctr.training.assets import ModelAssets, build_model_from_assets, warm_start_state
@@ -235,6 +235,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     world = ctx.get_world_size()
     progress = Progress(loop_config.get("progress"), rank)
+    tables = SharedTables(loop_config["tables_dir"]) if loop_config.get("tables_dir") else None
     threads = cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker))
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)  # same init on every worker; DDP also broadcasts rank 0's weights
@@ -242,7 +243,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     model = build_model_from_assets(cfg, assets)
-    index = ItemIndex.from_json(assets.index_json)
+    index = ItemIndex.from_bytes(assets.index_bytes)
     bucket_table = torch.as_tensor(index.buckets(cfg.model.id_buckets), dtype=torch.long, device=device)
 
     start_epoch, best_auc, bad_epochs, history = 0, -math.inf, 0, []
@@ -320,7 +321,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     path,
                     model=model,
                     config=cfg,
-                    item_index_json=assets.index_json,
+                    item_index=assets.index_bytes,
+                    shared_tables=tables,  # the frozen text table: written once per run, referenced
                     metrics=metrics,
                     optimizer=optimizer,
                     train_state=train_state,

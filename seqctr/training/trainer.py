@@ -9,7 +9,6 @@ test split, writes a report beside the run and moves the `latest` pointer to it 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from types import TracebackType
@@ -21,8 +20,10 @@ from ray.train.torch import TorchTrainer
 
 from seqctr.platform.config import ExperimentConfig
 from seqctr.platform.data.samples import build_and_write, read_samples
-from seqctr.platform.model.features import ItemIndex
+from seqctr.platform.model.checkpoint import TABLES_DIR
+from seqctr.platform.model.features import ItemIndex, index_path
 from seqctr.platform.runs import new_run_id, newest_run, run_root, write_latest
+from seqctr.platform.storage import absolute, basename, exists, join
 from seqctr.training.assets import ModelAssets, prepare_assets
 from seqctr.training.ingest import encode_dataset
 from seqctr.training.loop import train_loop_per_worker
@@ -30,7 +31,7 @@ from seqctr.training.loop import train_loop_per_worker
 
 def ensure_samples(cfg: ExperimentConfig) -> dict[str, Any]:
     """Build the sample splits unless the same inputs were already built (build_and_write caches)."""
-    items = cfg.data.items if (os.path.exists(cfg.data.items) or "://" in cfg.data.items) else None
+    items = cfg.data.items if exists(cfg.data.items) else None
     return build_and_write(
         cfg.data.events,
         cfg.data.samples,
@@ -43,16 +44,16 @@ def ensure_samples(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def run_index(cfg: ExperimentConfig, init_from: str | None) -> ItemIndex:
     """The run's item index; a warm start extends its parent's index so known items keep their rows."""
-    index = ItemIndex.load(os.path.join(cfg.data.samples, "item_index.json"))
+    index = ItemIndex.load(index_path(cfg.data.samples))
     if not init_from:
         return index
     from seqctr.platform.model.checkpoint import read_checkpoint
 
-    parent = ItemIndex.from_json(read_checkpoint(init_from).item_index_json)
+    parent = read_checkpoint(init_from).index
     return parent.extend(index.ids)
 
 
-def make_datasets(cfg: ExperimentConfig, index_json: str) -> dict[str, ray.data.Dataset]:
+def make_datasets(cfg: ExperimentConfig, index_data: bytes) -> dict[str, ray.data.Dataset]:
     """Encoded train/val splits, materialised once in the object store (spilled to disk if large).
 
     Encoding strings to indices once, instead of on every epoch, keeps the epoch loop at the model's
@@ -64,7 +65,7 @@ def make_datasets(cfg: ExperimentConfig, index_json: str) -> dict[str, ray.data.
         samples = read_samples(cfg.data.samples, split)
         if split == "train" and cfg.train.max_train_samples:
             samples = samples.limit(cfg.train.max_train_samples)
-        encoded = encode_dataset(samples, index_json, cfg.model.id_buckets, cfg.data.max_seq_len)
+        encoded = encode_dataset(samples, index_data, cfg.model.id_buckets, cfg.data.max_seq_len)
         if split == "train" and cfg.train.shuffle == "global":
             # Stored samples run oldest to newest, so each worker's shard is one slice of time and the
             # model depends on the worker count (1 worker ends an epoch on the newest samples). Shuffled
@@ -122,12 +123,17 @@ def make_trainer(
     storage_path: str | None = None,
     name: str | None = None,
     progress: Any | None = None,
+    tables_dir: str | None = None,
 ) -> TorchTrainer:
     """One TorchTrainer from the config (also used by every Tune trial).
 
-    `progress` is a ProgressPrinter's queue: rank 0 puts its epoch and in-epoch lines there."""
+    `progress` is a ProgressPrinter's queue: rank 0 puts its epoch and in-epoch lines there.
+    `tables_dir` is where the run keeps its item tables once (checkpoint.SharedTables; default
+    STORAGE/NAME/tables, beside the run's checkpoints)."""
     t = cfg.train
-    loop_config: dict[str, Any] = {"experiment": cfg.to_dict(), "assets": assets}
+    storage = absolute(storage_path or t.storage_path)
+    tables = tables_dir or join(storage, name or t.run_name, TABLES_DIR)
+    loop_config: dict[str, Any] = {"experiment": cfg.to_dict(), "assets": assets, "tables_dir": tables}
     if progress is not None:
         loop_config["progress"] = progress
         loop_config["train_samples"] = datasets["train"].count()  # materialised: read from block metadata
@@ -139,7 +145,7 @@ def make_trainer(
         ),
         run_config=RunConfig(
             name=name or t.run_name,
-            storage_path=storage_path or t.storage_path,
+            storage_path=storage,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=t.keep_best, checkpoint_score_attribute="val_auc", checkpoint_score_order="max"
             ),
@@ -150,13 +156,15 @@ def make_trainer(
     )
 
 
-def best_checkpoint_path(result: Any) -> str:
+def best_checkpoint_path(result: Any, run_dir: str) -> str:
+    """The best checkpoint by val AUC, as a path or URI under `run_dir` (Ray's own `Checkpoint.path` is
+    a path inside its filesystem: no s3:// scheme)."""
     scored = [(m.get("val_auc", float("-inf")), c.path) for c, m in (result.best_checkpoints or [])]
     if not scored:
         if result.checkpoint is None:
             raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
-        return result.checkpoint.path
-    return max(scored, key=lambda s: s[0])[1]
+        return join(run_dir, basename(result.checkpoint.path))
+    return join(run_dir, basename(max(scored, key=lambda s: s[0])[1]))
 
 
 def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | None = None) -> dict[str, Any]:
@@ -171,7 +179,7 @@ def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | N
         if run_dir is None:
             raise FileNotFoundError(f"--resume: no run to resume under {root} (train.run_name)")
     else:
-        run_dir = root / new_run_id()  # its own folder: an earlier run is never moved or overwritten
+        run_dir = join(root, new_run_id())  # its own folder: an earlier run is never moved or overwritten
     parent_dir = None
     if init_from:
         from seqctr.platform.registry import resolve_checkpoint_uri
@@ -185,23 +193,23 @@ def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | N
     if parent_dir:
         assets.extra_json["lineage.json"] = {"parent": init_from, "parent_dir": parent_dir}
     print(f"[seqctr] stage 3/4: Ray Train ({cfg.train.num_workers} worker(s), use_gpu={cfg.train.use_gpu})")
-    datasets = make_datasets(cfg, assets.index_json)
+    datasets = make_datasets(cfg, assets.index_bytes)
     with ProgressPrinter() as printer:
-        trainer = make_trainer(cfg, assets, datasets, storage_path=str(root), name=run_dir.name, progress=printer.queue)
+        trainer = make_trainer(cfg, assets, datasets, storage_path=root, name=basename(run_dir), progress=printer.queue)
         result = trainer.fit()
     if result.error:
         raise result.error
-    best = best_checkpoint_path(result)
+    best = best_checkpoint_path(result, run_dir)
     print(f"[seqctr] stage 4/4: test evaluation of {best}")
     test = evaluate_checkpoint_on_split(best, cfg.data.samples, "test")
-    history = _history(result.checkpoint.path if result.checkpoint else best)
-    report = write_report(run_dir / "report", best, test, history)
+    history = _history(join(run_dir, basename(result.checkpoint.path)) if result.checkpoint else best)
+    report = write_report(join(run_dir, "report"), best, test, history)
     pointer = write_latest(
-        root, {"run_id": run_dir.name, "run_dir": str(run_dir), "best_checkpoint": best, "test": test["metrics"]}
+        root, {"run_id": basename(run_dir), "run_dir": run_dir, "best_checkpoint": best, "test": test["metrics"]}
     )
     return {
-        "run_dir": str(run_dir),
-        "latest": str(pointer),
+        "run_dir": run_dir,
+        "latest": pointer,
         "best_checkpoint": best,
         "test": test["metrics"],
         "val": {k: v for k, v in history[-1].items() if k.startswith("val_")} if history else {},
@@ -212,7 +220,8 @@ def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | N
     }
 
 
-def _history(checkpoint_dir: str) -> list[dict[str, Any]]:
+def _history(checkpoint: str) -> list[dict[str, Any]]:
     from seqctr.platform.model.checkpoint import read_checkpoint
+    from seqctr.platform.registry import resolve_checkpoint_uri
 
-    return read_checkpoint(checkpoint_dir).train_state.get("history", [])
+    return read_checkpoint(resolve_checkpoint_uri(checkpoint)).train_state.get("history", [])

@@ -54,7 +54,13 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], assets: Any, datas
         tune.report(finished)
         return
     trainer = make_trainer(
-        cfg, assets, datasets, callbacks=[TuneReportCallback()], storage_path=trials_root, name=trial_id
+        cfg,
+        assets,
+        datasets,
+        callbacks=[TuneReportCallback()],
+        storage_path=trials_root,
+        name=trial_id,
+        tables_dir=join(trials_root, "tables"),  # one copy of the item tables for every trial
     )
     trainer.fit()
 
@@ -183,7 +189,7 @@ def run_campaign(
     ensure_samples(cfg)
     index = run_index(cfg, None)
     assets = prepare_assets(cfg, index)
-    datasets = make_datasets(cfg, assets.index_json)
+    datasets = make_datasets(cfg, assets.index_bytes)
     trainable = tune.with_resources(
         tune.with_parameters(
             train_trial, base=cfg.to_dict(), assets=assets, datasets=datasets, trials_root=trials_root

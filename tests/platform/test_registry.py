@@ -29,7 +29,7 @@ def make_checkpoint(path: Path, val_auc: float | None = 0.7, **extra_json: dict)
         path,
         model=torch.nn.Linear(4, 1),
         config=ExperimentConfig(),
-        item_index_json='{"ids": []}',
+        item_index='{"ids": []}',
         metrics=metrics,
         extra_json=extra_json or None,
     )
@@ -261,7 +261,8 @@ def test_concurrent_registrations_and_promotions_stay_consistent(
         assert hashlib.sha256((Path(local) / "manifest.json").read_bytes()).hexdigest() == record.manifest_sha256
     if not shared_root.startswith("s3://"):
         assert not [n for n in os.listdir(Path(shared_root) / "ctr" / "versions") if n.startswith(".")]
-    print(f"\n[registry] 8 writers on {'s3' if shared_root.startswith('s3://') else 'a local disk'}: versions {versions}, {len(chain)} promotions")
+    store = "s3" if shared_root.startswith("s3://") else "a local disk"
+    print(f"\n[registry] 8 writers on {store}: versions {versions}, {len(chain)} promotions")
 
 
 def test_on_s3_a_claimed_slot_without_its_record_is_invisible(s3_root: str, ckpts: dict[float, Path]) -> None:
@@ -424,3 +425,31 @@ def test_cli_module_imports_neither_torch_nor_ray() -> None:
     code = "import sys, seqctr.cli.models; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_versions_that_share_a_table_store_it_once(shared_root: str, tmp_path: Path, monkeypatch) -> None:
+    """Two epochs of one run reference one text table; registered, the table is copied once to
+    NAME/tables/, each version still verifies, and a download (S3) brings the table along."""
+    from seqctr.platform.model.checkpoint import SharedTables, read_checkpoint
+    from seqctr.platform.storage import list_names
+
+    monkeypatch.setenv("SEQCTR_CACHE_DIR", str(tmp_path / "cache"))
+    model = torch.nn.Linear(4, 1)
+    model.register_buffer("text_table", torch.arange(12, dtype=torch.float32).reshape(6, 2))
+    shared = SharedTables(str(tmp_path / "run" / "tables"))
+    reg = Registry(shared_root)
+    for epoch, auc in enumerate((0.7, 0.8)):
+        ckpt = save_checkpoint(
+            tmp_path / "run" / f"epoch_{epoch:03d}",
+            model=model,
+            config=ExperimentConfig(),
+            item_index='{"ids": []}',
+            metrics={"val_auc": auc},
+            shared_tables=shared,
+        )
+        reg.register("ctr", ckpt, run_id="run")
+    assert len(list_names(f"{reg.root}/ctr/tables")) == 1
+    for version in ("v1", "v2"):
+        local = reg.local_checkpoint(f"ctr@{version}")
+        assert not (Path(local) / "item_embeddings.safetensors").exists()
+        assert torch.equal(read_checkpoint(local).text_tables["text_table"], model.text_table)

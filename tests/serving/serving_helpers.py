@@ -33,7 +33,7 @@ def write_checkpoint(path: Path, seed: int = 0, cfg: ExperimentConfig | None = N
     torch.manual_seed(seed)
     model = build_model(cfg.model, len(index), table).eval()
     return save_checkpoint(
-        path, model=model, config=cfg, item_index_json=index.to_json(), metrics={"val_auc": 0.5 + seed / 100}
+        path, model=model, config=cfg, item_index=index.to_json(), metrics={"val_auc": 0.5 + seed / 100}
     )
 
 

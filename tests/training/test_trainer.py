@@ -149,7 +149,6 @@ def test_warm_start_from_the_registry_extends_the_index_and_records_its_parent(t
     """Retraining on a newer log with more items: known items keep their rows, weights start from the
     parent (with a vanishing learning rate they are still the parent's after an epoch), lineage is kept."""
     from seqctr.platform.config import SyntheticConfig
-    from seqctr.platform.model.features import ItemIndex
     from seqctr.platform.registry import Registry
 
     parent_cfg, parent = trained
@@ -175,7 +174,7 @@ def test_warm_start_from_the_registry_extends_the_index_and_records_its_parent(t
 
     old = read_checkpoint(parent["best_checkpoint"])
     new = read_checkpoint(child["best_checkpoint"])
-    old_ids, new_ids = ItemIndex.from_json(old.item_index_json).ids, ItemIndex.from_json(new.item_index_json).ids
+    old_ids, new_ids = old.index.ids, new.index.ids
     assert new_ids[: len(old_ids)] == old_ids
     assert set(new_ids[len(old_ids) :]) and "i000179" in new_ids
     carried = [k for k, t in old.model_state.items() if k in new.model_state and t.shape == new.model_state[k].shape]
@@ -197,8 +196,8 @@ def test_max_train_samples_subsamples_train_and_keeps_val_whole(trained):
     from seqctr.training.trainer import make_datasets, run_index
 
     cfg, _ = trained
-    index_json = run_index(cfg, None).to_json()
-    datasets = make_datasets(cfg.with_overrides({"train.max_train_samples": 100}), index_json)
+    index_data = run_index(cfg, None).to_parquet_bytes()
+    datasets = make_datasets(cfg.with_overrides({"train.max_train_samples": 100}), index_data)
     assert datasets["train"].count() == 100
     assert datasets["val"].count() == read_samples(cfg.data.samples, "val").count()
 

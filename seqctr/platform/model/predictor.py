@@ -49,7 +49,7 @@ def model_from_contents(contents: CheckpointContents, device: str | torch.device
         # A checkpoint from before click ages (its config.json has no `time_features` key): no age input.
         cfg = cfg.with_overrides({"model.time_features": False})
         contents.config = cfg
-    index_rows = len(ItemIndex.from_json(contents.item_index_json))
+    index_rows = len(contents.index)
     table = next(iter(contents.text_tables.values()), None)
     bert, tokens = None, None
     if cfg.model.text and cfg.model.bert_trainable_layers > 0:
@@ -81,7 +81,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     return LoadedModel(
         model=model_from_contents(contents, device),
         config=contents.config,
-        index=ItemIndex.from_json(contents.item_index_json),
+        index=contents.index,
         metrics=contents.metrics,
         path=Path(path),
         device=device,

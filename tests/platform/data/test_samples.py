@@ -262,7 +262,7 @@ def test_ray_build_and_write_end_to_end(ray_session, tmp_path):
     for s, t in splits.items():
         assert t.num_rows == report["rows"][s]
 
-    index = ItemIndex.load(str(out / "item_index.json"))
+    index = ItemIndex.load(str(out / "item_index.parquet"))
     event_items = sorted({i for _, i, _, _ in log} - {"i1", "i3"})
     assert index.ids == ["i1", "i3", "zz_unused", *event_items]
     assert json.loads((out / "_SUCCESS").read_text())["params"]["max_seq_len"] == 5
@@ -296,3 +296,52 @@ def test_ray_split_by_time_no_leak(ray_session):
     assert sum(len(v) for v in ts.values()) == samples.num_rows
     assert ts["train"].max() < ts["val"].min() and ts["val"].max() < ts["test"].min()
     assert abs(len(ts["train"]) / samples.num_rows - 0.7) < 0.05
+
+
+def test_plan_reads_keeps_row_groups_whole_and_finds_p_true(tmp_path):
+    from seqctr.platform.data.samples import _plan_reads
+
+    log = _random_log(2, 100)
+    pq.write_table(_table(log), tmp_path / "a.parquet", row_group_size=30)  # 4 row groups: 30, 30, 30, 10
+    pq.write_table(_table(log[:20]), tmp_path / "b.parquet")
+    files = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    units, columns = _plan_reads(files, rows_per_unit=50)
+    assert units == [[(files[0], [0, 1])], [(files[0], [2, 3]), (files[1], [0])]]
+    assert "p_true" not in columns
+    pq.write_table(_table(log, p_true=pa.array(np.zeros(len(log)))), tmp_path / "a.parquet")
+    assert _plan_reads(files, 50)[1] == ["user_id", "item_id", "timestamp", "label"]  # b has none
+    assert "p_true" in _plan_reads(files[:1], 50)[1]
+
+
+def test_progress_line_counts_rate_and_eta():
+    from seqctr.platform.data.samples import Progress
+
+    lines: list[str] = []
+    progress = Progress(lines.append, "read", total=1000, every_s=0.0)
+    progress.advance(250)
+    progress.advance(750)  # done: no line (the stage's own summary follows)
+    assert len(lines) == 1 and lines[0].startswith("read: 250/1,000 events (25%), ")
+    assert "events/s, ETA" in lines[0]
+
+
+def test_ray_build_over_many_read_and_partition_tasks_is_exact(ray_session, tmp_path, monkeypatch):
+    """Small tasks force every user's events to cross files, row groups and read tasks."""
+    from seqctr.platform.data import samples as samples_module
+
+    monkeypatch.setattr(samples_module, "ROWS_PER_READ", 70)
+    monkeypatch.setattr(samples_module, "ROWS_PER_PARTITION", 60)
+    log = _random_log(3, 500)
+    (tmp_path / "events").mkdir()
+    pq.write_table(_table(log[:320]), tmp_path / "events" / "a.parquet", row_group_size=40)
+    pq.write_table(_table(log[320:]), tmp_path / "events" / "b.parquet", row_group_size=25)
+    messages: list[str] = []
+    report = build_and_write(str(tmp_path / "events"), str(tmp_path / "out"), 4, 0.7, 0.15, progress=messages.append)
+    assert any("in 7 task(s) into 9 partition(s)" in m for m in messages)
+    splits = {s: pq.read_table(tmp_path / "out" / s) for s in ("train", "val", "test")}
+    assert _rows(pa.concat_tables(splits.values())) == _brute_force(log, 4)
+    assert {s: t.num_rows for s, t in splits.items()} == report["rows"]
+    assert report["bytes_written"] == sum(f.stat().st_size for f in (tmp_path / "out").glob("*/part-*.parquet"))
+    for file in (tmp_path / "out").glob("*/part-*.parquet"):  # each file is sorted by user, then time
+        t = pq.read_table(file)
+        keys = list(zip(t.column("user_id").to_pylist(), t.column("timestamp").to_pylist(), strict=True))
+        assert keys == sorted(keys)

@@ -26,7 +26,7 @@ def _save(tmp_path, **kw):
         tmp_path / "ckpt",
         model=model,
         config=ExperimentConfig(),
-        item_index_json='{"ids": []}',
+        item_index='{"ids": []}',
         metrics={"val_auc": 0.7},
         optimizer=opt,
         train_state={"epoch": 3},
@@ -84,7 +84,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path):
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        save_checkpoint(path, model=Boom(), config=ExperimentConfig(), item_index_json="{}", metrics={})
+        save_checkpoint(path, model=Boom(), config=ExperimentConfig(), item_index="{}", metrics={})
     assert (path / "manifest.json").read_text() == before
     verify_checkpoint(path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -99,7 +99,7 @@ def test_checkpoint_from_before_click_ages_loads_without_them(tmp_path):
     cfg = ExperimentConfig().with_overrides({"model.text": False, "model.id_buckets": 64})
     index = ItemIndex.from_ids(["a", "b"])
     old = build_model(cfg.model.model_copy(update={"time_features": False}), len(index), None)
-    path = save_checkpoint(tmp_path / "old", model=old, config=cfg, item_index_json=index.to_json(), metrics={})
+    path = save_checkpoint(tmp_path / "old", model=old, config=cfg, item_index=index.to_json(), metrics={})
     loaded = load_model(path)
     assert loaded.model.age_embedding is None and loaded.config.model.time_features is False
     for key, tensor in old.state_dict().items():
@@ -126,7 +126,7 @@ def test_fine_tuned_checkpoint_loads_and_predicts_the_same(tmp_path):
         tmp_path / "ft",
         model=model,
         config=cfg,
-        item_index_json=index.to_json(),
+        item_index=index.to_json(),
         metrics={},
         extra_json={BERT_CONFIG_FILE: bert.config.to_dict()},
     )
@@ -140,3 +140,54 @@ def test_fine_tuned_checkpoint_loads_and_predicts_the_same(tmp_path):
     }
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(batch), model(batch), atol=1e-6, rtol=0)
+
+
+def test_shared_table_is_written_once_and_referenced(tmp_path):
+    """Epoch checkpoints of a run reference the frozen text table by sha256 instead of copying it; the
+    checkpoint plus RUN/tables/ rebuilds it exactly, and a missing or altered table is named."""
+    from seqctr.platform.model.checkpoint import SharedTables, find_shared
+
+    run = tmp_path / "run"
+    shared = SharedTables(str(run / "tables"))
+    torch.manual_seed(0)
+    model = Tiny()
+    paths = [
+        save_checkpoint(
+            run / f"epoch_{e:03d}",
+            model=model,
+            config=ExperimentConfig(),
+            item_index=b"",
+            metrics={},
+            shared_tables=shared,
+        )
+        for e in range(3)
+    ]
+    tables = sorted((run / "tables").iterdir())
+    assert len(tables) == 1  # one copy for the whole run
+    for path in paths:
+        assert not (path / "item_embeddings.safetensors").exists()
+        manifest = verify_checkpoint(path)
+        entry = manifest["shared"]["item_embeddings.safetensors"]
+        assert find_shared(str(path), entry["sha256"]) == str(tables[0])
+        assert torch.equal(read_checkpoint(path).text_tables["text_table"], model.text_table)
+
+    tables[0].write_bytes(tables[0].read_bytes()[:-1] + b"\0")
+    with pytest.raises(CheckpointError, match="sha256 mismatch in shared item_embeddings.safetensors"):
+        verify_checkpoint(paths[0])
+    tables[0].unlink()
+    with pytest.raises(CheckpointError, match="shared item_embeddings.safetensors .*not found in the tables/ folder"):
+        read_checkpoint(paths[1])
+
+
+def test_item_index_is_stored_as_parquet(tmp_path):
+    from seqctr.platform.model.ctr import build_model
+    from seqctr.platform.model.features import ItemIndex
+    from seqctr.platform.model.predictor import load_model
+
+    index = ItemIndex.from_ids([f"i{k}" for k in range(100_000)])
+    cfg = ExperimentConfig().with_overrides({"model.text": False, "model.id_buckets": 64})
+    model = build_model(cfg.model, len(index), None)
+    path = save_checkpoint(tmp_path / "c", model=model, config=cfg, item_index=index.to_parquet_bytes(), metrics={})
+    assert (path / "item_index.parquet").exists() and not (path / "item_index.json").exists()
+    loaded = load_model(path)
+    assert loaded.index == index and loaded.index.lookup(["i99999", "nope"]).tolist() == [100_001, 1]
