@@ -229,6 +229,7 @@ def train_epoch(
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    entered = time.time()  # start-up timeline (first epoch's metrics): where fit()'s fixed cost goes
     cfg = config_from_dict(loop_config["experiment"])
     assets: ModelAssets = loop_config["assets"]
     ctx = ray.train.get_context()
@@ -245,13 +246,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = build_model_from_assets(cfg, assets)
     index = ItemIndex.from_bytes(assets.index_bytes)
     bucket_table = torch.as_tensor(index.buckets(cfg.model.id_buckets), dtype=torch.long, device=device)
+    built = time.time()
 
     start_epoch, best_auc, bad_epochs, history = 0, -math.inf, 0, []
     optimizer_state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # restart after a failure, or --resume
         with checkpoint.as_directory() as ckpt_dir:
-            contents = read_checkpoint(ckpt_dir, with_optimizer=True)
+            # A copy Ray downloaded (object storage) is outside the run folder: its tables are in tables_dir.
+            contents = read_checkpoint(ckpt_dir, with_optimizer=True, tables_dir=loop_config.get("tables_dir"))
         model.load_state_dict(contents.full_state())
         optimizer_state = contents.optimizer_state
         state = contents.train_state
@@ -273,6 +276,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    startup = {"loop_entered_unix": entered, "startup_model_s": built - entered, "startup_prepare_s": time.time() - built}
     for epoch in range(start_epoch, cfg.train.epochs):
         if epoch >= start_epoch and bad_epochs >= cfg.train.patience:
             break
@@ -305,6 +309,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train_loss": stats["train_loss"],
             "train_samples_per_worker": stats["train_samples"],
             "samples_per_s": samples_per_s * world,
+            **(startup if epoch == start_epoch else {}),
         }
         val_auc = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -math.inf
         improved = val_auc > best_auc

@@ -70,20 +70,32 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _sha256_at(location: str) -> str:
+    """sha256 of a local file or an object, streamed."""
+    fs, inner = filesystem_for(location)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(inner) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def shared_table_name(sha256: str) -> str:
     return f"{sha256}.safetensors"
 
 
-def find_shared(checkpoint: str, sha256: str) -> str | None:
+def find_shared(checkpoint: str, sha256: str, tables_dir: str | None = None) -> str | None:
     """Where the shared table `sha256` of `checkpoint` (a local path or a URI) lives: the nearest
-    `tables/` folder among its ancestors that holds it, or None."""
+    `tables/` folder among its ancestors that holds it, else `tables_dir` (the run's, for a copy Ray
+    downloaded elsewhere), or None."""
     folder = str(checkpoint).rstrip("/")
+    candidates = []
     for _ in range(SHARED_SEARCH_DEPTH):
         folder = parent(folder)
-        candidate = join(folder, TABLES_DIR, shared_table_name(sha256))
-        if is_file(candidate):
-            return candidate
-    return None
+        candidates.append(join(folder, TABLES_DIR, shared_table_name(sha256)))
+    if tables_dir:
+        candidates.append(join(tables_dir, shared_table_name(sha256)))
+    return next((c for c in candidates if is_file(c)), None)
 
 
 class SharedTables:
@@ -191,7 +203,7 @@ def save_checkpoint(
     return path
 
 
-def verify_checkpoint(path: str | Path, shared: bool = True) -> dict[str, Any]:
+def verify_checkpoint(path: str | Path, shared: bool = True, tables_dir: str | None = None) -> dict[str, Any]:
     """Check the manifest: every listed file present with its sha256 (and, with `shared`, every
     shared table it references). Returns the manifest."""
     path = Path(path)
@@ -217,16 +229,25 @@ def verify_checkpoint(path: str | Path, shared: bool = True) -> dict[str, Any]:
         if sha256_file(file) != entry["sha256"]:
             raise CheckpointError(f"checkpoint {path}: sha256 mismatch in {name} (corrupted or modified)")
     for name, entry in manifest.get("shared", {}).items() if shared else ():
-        found = find_shared(str(path), entry["sha256"])
+        found = find_shared(str(path), entry["sha256"], tables_dir)
         if found is None:
             raise CheckpointError(
                 f"checkpoint {path}: shared {name} ({entry['path']}, sha256 {entry['sha256'][:12]}...) not found "
                 f"in the {TABLES_DIR}/ folder of its run (looked {SHARED_SEARCH_DEPTH} folders up); copy the run's "
                 f"{TABLES_DIR}/ folder with the checkpoint"
             )
-        if sha256_file(Path(found)) != entry["sha256"]:
+        if _sha256_at(found) != entry["sha256"]:
             raise CheckpointError(f"checkpoint {path}: sha256 mismatch in shared {name} {found} (corrupted/modified)")
     return manifest
+
+
+def _local_copy(location: str) -> str:
+    """`location` itself when local; an object-store table is read into a temporary file first."""
+    if not is_uri(location) or isinstance(filesystem_for(location)[0], pafs.LocalFileSystem):
+        return filesystem_for(location)[1]
+    target = Path(tempfile.mkdtemp(prefix="seqctr-table-")) / "table.safetensors"
+    target.write_bytes(read_bytes(location))
+    return str(target)
 
 
 def fetch_shared(source: str, local: Path) -> None:
@@ -243,12 +264,12 @@ def fetch_shared(source: str, local: Path) -> None:
         atomic_write_bytes(target, read_bytes(found))
 
 
-def shared_files(path: str | Path) -> dict[str, str]:
+def shared_files(path: str | Path, tables_dir: str | None = None) -> dict[str, str]:
     """Shared table name in the manifest -> where it lives, for a verified checkpoint."""
     manifest = json.loads((Path(path) / MANIFEST).read_text())
     found = {}
     for name, entry in manifest.get("shared", {}).items():
-        location = find_shared(str(path), entry["sha256"])
+        location = find_shared(str(path), entry["sha256"], tables_dir)
         if location is None:
             raise CheckpointError(f"checkpoint {path}: shared {name} ({entry['path']}) not found")
         found[name] = location
@@ -277,16 +298,19 @@ class CheckpointContents:
         return ItemIndex.from_bytes(self.item_index_data, source=f"{self.path}: item index")
 
 
-def read_checkpoint(path: str | Path, with_optimizer: bool = False) -> CheckpointContents:
-    """Verify, then read every part (safetensors + JSON only; nothing is unpickled)."""
+def read_checkpoint(
+    path: str | Path, with_optimizer: bool = False, tables_dir: str | None = None
+) -> CheckpointContents:
+    """Verify, then read every part (safetensors + JSON only; nothing is unpickled). `tables_dir`: where
+    else shared tables may be (see find_shared)."""
     path = Path(path)
-    manifest = verify_checkpoint(path)
+    manifest = verify_checkpoint(path, tables_dir=tables_dir)
     files = manifest["files"]
     config = config_from_dict(json.loads((path / "config.json").read_text()))
     metrics = json.loads((path / "metrics.json").read_text()) if "metrics.json" in files else {}
     text_tables = load_file(str(path / TABLES_FILE)) if TABLES_FILE in files else {}
     if TABLES_FILE in manifest.get("shared", {}):
-        text_tables = load_file(shared_files(path)[TABLES_FILE])
+        text_tables = load_file(_local_copy(shared_files(path, tables_dir)[TABLES_FILE]))
     index_file = INDEX_FILE if INDEX_FILE in files else LEGACY_INDEX_FILE
     contents = CheckpointContents(
         path=path,
