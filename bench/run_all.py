@@ -6,7 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["generate_speed.py", "build_speed.py", "embed_speed.py", "train_throughput.py", "serve_latency.py"]
+BENCHES = [
+    "generate_speed.py",
+    "build_speed.py",
+    "embed_speed.py",
+    "train_throughput.py",
+    "serve_latency.py",
+    "lookup_speed.py",
+    "scale.py",  # the longest: three sizes up to 3M events and 1M items
+]
 
 
 def main() -> int:
