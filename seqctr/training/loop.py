@@ -276,7 +276,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    startup = {"loop_entered_unix": entered, "startup_model_s": built - entered, "startup_prepare_s": time.time() - built}
+    prepared = time.time()
+    startup = {"loop_entered_unix": entered, "startup_model_s": built - entered, "startup_prepare_s": prepared - built}
     for epoch in range(start_epoch, cfg.train.epochs):
         if epoch >= start_epoch and bad_epochs >= cfg.train.patience:
             break
