@@ -211,11 +211,3 @@ def output_dir(final: str | os.PathLike, marker: str) -> Iterator[str]:
             fs.delete_dir_contents(inner, missing_dir_ok=True)
         raise
 
-
-def fetch_dir(source: str, cache: Path) -> Path:
-    """A local copy of the folder `source` at `cache` (downloaded afresh); a local `source` is returned as is."""
-    if not is_uri(source) or isinstance(filesystem_for(source)[0], pafs.LocalFileSystem):
-        return Path(filesystem_for(source)[1])
-    with atomic_dir(cache) as tmp:
-        download_dir(source, tmp)
-    return cache

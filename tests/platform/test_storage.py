@@ -8,7 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from seqctr.platform.storage import atomic_dir, atomic_write_text, file_stamps
+from seqctr.platform.storage import (
+    absolute,
+    atomic_dir,
+    atomic_write_text,
+    basename,
+    file_stamps,
+    is_file,
+    join,
+    list_names,
+    output_dir,
+    parent,
+    read_text,
+)
 
 
 def test_atomic_write_gives_a_whole_file_with_the_usual_mode(tmp_path: Path):
@@ -37,3 +49,32 @@ def test_file_stamps_change_when_a_file_is_rewritten(tmp_path: Path):
     first = file_stamps([str(f)])
     os.utime(f, ns=(first[0][2] + 1_000_000, first[0][2] + 1_000_000))
     assert file_stamps([str(f)]) != first and first[0][1] == 3
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_output_dir_is_trusted_only_once_its_marker_is_written(where: str, tmp_path: Path, request) -> None:
+    """A folder on object storage cannot be renamed into place: its old marker goes first, the new one
+    last, and a failed write leaves neither old nor half-new contents that a reader would trust."""
+    root = str(tmp_path) if where == "local" else request.getfixturevalue("s3_root")
+    final = join(root, "samples")
+    with output_dir(final, "_SUCCESS") as target:
+        atomic_write_text(join(target, "part-0.parquet"), "old")
+        atomic_write_text(join(target, "_SUCCESS"), "{}")
+    assert list_names(final) == ["_SUCCESS", "part-0.parquet"] and read_text(join(final, "part-0.parquet")) == "old"
+
+    with pytest.raises(RuntimeError, match="crash mid-write"), output_dir(final, "_SUCCESS") as target:
+        atomic_write_text(join(target, "part-0.parquet"), "half")
+        raise RuntimeError("crash mid-write")
+    if where == "local":  # renamed into place: the old folder is untouched
+        assert read_text(join(final, "part-0.parquet")) == "old" and is_file(join(final, "_SUCCESS"))
+    else:  # written in place: no marker, so no reader takes what is there for a build
+        assert not is_file(join(final, "_SUCCESS")) and list_names(final) == []
+
+    with pytest.raises(RuntimeError, match="did not write its marker"), output_dir(final, "_SUCCESS") as target:
+        atomic_write_text(join(target, "part-0.parquet"), "new")
+
+
+def test_uri_paths_keep_their_scheme() -> None:
+    assert join("s3://b/runs", "seqctr", "latest.json") == "s3://b/runs/seqctr/latest.json"
+    assert parent("s3://b/runs/seqctr/") == "s3://b/runs" and basename("s3://b/runs/seqctr/") == "seqctr"
+    assert absolute("s3://b/runs/") == "s3://b/runs"
