@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -120,6 +121,13 @@ class TrainConfig(_Section):
         "freshest samples, +0.015 val AUC on the tiny log at 1 worker); global: shuffled once, so 1 and N workers "
         "reach the same model (each worker's shard is otherwise a different slice of time).",
     )
+    sharding: Literal["split", "replicate"] = Field(
+        "split",
+        description="split: each worker streams its own share of train (the cheapest ingest; which samples "
+        "share a step depends on the worker count); replicate: every worker reads the whole split in the same "
+        "order and trains on its slice of each global batch, so 1 and N workers take the same steps on the same "
+        "samples (N x the ingest reads, for results that do not change with train.num_workers).",
+    )
     lr_scaling: Literal["none", "linear", "sqrt"] = Field(
         "none",
         description="Scale train.lr with the global batch relative to train.lr_base_batch (none: lr as given).",
@@ -189,6 +197,23 @@ class TuneConfig(_Section):
     campaign: str = Field("campaign", description="Campaign name (folder under train.storage_path).")
 
 
+VARIANT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+"""A variant's name: it becomes a metric tag, a log field and the response's `variant`."""
+
+
+class VariantConfig(_Section):
+    """One model of a champion/challenger endpoint (`serve.variants`)."""
+
+    model: str = Field(description="registry://NAME@ALIAS|VERSION or a checkpoint dir.")
+    weight: float = Field(
+        1.0,
+        ge=0,
+        description="Served variant: its traffic share, relative to the other served variants' weights. "
+        "Shadow: the share of requests (0..1) it also scores in the background.",
+    )
+    shadow: bool = Field(False, description="Score in the background after the response; never answers.")
+
+
 class ServeConfig(_Section):
     """Ray Serve endpoint."""
 
@@ -217,6 +242,41 @@ class ServeConfig(_Section):
     max_queued_requests: int = Field(
         64, ge=-1, description="Requests queued for a busy scorer before a fast 503; -1 = unbounded."
     )
+    variants: dict[str, VariantConfig] = Field(
+        default_factory=dict,
+        description="Champion/challenger: name -> {model, weight, shadow} (or a list of {name, ...}); users "
+        "are split by a stable hash of user_id. Empty = serve.model alone.",
+    )
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variants_from_list(cls, value: Any) -> Any:
+        """A list of {name, model, ...} is the same as a mapping name -> {model, ...}."""
+        if not isinstance(value, list):
+            return value
+        out: dict[str, Any] = {}
+        for i, entry in enumerate(value):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise ValueError(f"entry {i}: expected a mapping with a `name`")
+            name = entry["name"]
+            if name in out:
+                raise ValueError(f"entry {i}: variant name {name!r} given twice")
+            out[name] = {k: v for k, v in entry.items() if k != "name"}
+        return out
+
+    @field_validator("variants", mode="after")
+    @classmethod
+    def _variants_are_servable(cls, variants: dict[str, VariantConfig]) -> dict[str, VariantConfig]:
+        if not variants:
+            return variants
+        for name, variant in variants.items():
+            if not re.fullmatch(VARIANT_NAME, name):
+                raise ValueError(f"variant name {name!r} must match {VARIANT_NAME}")
+            if variant.shadow and variant.weight > 1:
+                raise ValueError(f"{name}: a shadow's weight is the share of requests it scores, 0..1")
+        if sum(v.weight for v in variants.values() if not v.shadow) <= 0:
+            raise ValueError("the weights of the served (non-shadow) variants must sum to > 0")
+        return variants
 
 
 class RegistryConfig(_Section):

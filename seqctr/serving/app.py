@@ -23,6 +23,9 @@ replica and `serve.max_queued_requests` waiting, Serve's proxy answers 503 at on
 retries with backoff; the app's own 500s carry X-Seqctr-No-Retry. Every request's stage times go to
 Serve custom metrics (seqctr/serving/telemetry.py, deploy/grafana/seqctr_serving.json).
 
+Champion and challenger: with `serve.variants`, the user_config holds `variants` (name -> model, weight,
+shadow; seqctr/serving/variants.py) instead of `model`, so weights and models change the same way.
+
 The model URI goes into CTRScorer's `user_config`, so changing it (a Serve config's
 `deployments: [{name: CTRScorer, user_config: {model: ...}}]`, or `seqctr serve --model ...` against a
 running app) reconfigures the live replicas in place instead of restarting them.
@@ -68,6 +71,7 @@ from seqctr.serving.sizing import (
     warn_if_unplaceable,
 )
 from seqctr.serving.telemetry import StageTimes
+from seqctr.serving.variants import variant_specs
 
 logger = logging.getLogger("ray.serve")
 
@@ -265,6 +269,7 @@ class CTRScorerDeployment(CTRScorer):
         times = request_times(http)
         self._check_limits(request)
         payload = request.payload()
+        payload["request_id"] = http.headers.get("x-request-id")  # else the scorer makes one
         times.stop("parse")
         try:
             return await self.score_job(payload, times)
@@ -352,11 +357,31 @@ def app_config(args: AppArgs) -> ExperimentConfig:
     return cfg
 
 
+def variants_user_config(cfg: ExperimentConfig, strict: bool = True) -> dict[str, Any]:
+    """CTRScorer's user_config for cfg.serve.variants, each variant pinned like a single model (strict: an
+    unknown registry ref or missing folder is a ConfigError naming serve.variants.NAME.model)."""
+    variants: dict[str, Any] = {}
+    for name, spec in variant_specs(cfg).items():
+        entry = spec.model_dump(exclude_none=True)
+        try:
+            entry["resolved"] = pin_model(spec.model, cfg)
+        except Exception as err:  # noqa: BLE001 - registry and filesystem errors alike
+            message = f"serve.variants.{name}.model={spec.model}: {type(err).__name__}: {err}"
+            if strict:
+                raise ConfigError(message) from err
+            logger.warning("%s (not pinned at build time)", message)
+        variants[name] = entry
+    return {"variants": variants}
+
+
 def model_user_config(cfg: ExperimentConfig, fallback: str | None = None, strict: bool = True) -> dict[str, Any]:
-    """CTRScorer's user_config for cfg.serve.model, pinned to what it names now (see ModelSpec).
+    """CTRScorer's user_config for cfg.serve.model, pinned to what it names now (see ModelSpec); with
+    serve.variants, for those instead (`fallback` is then unused: each variant keeps its own model).
 
     Not strict (the builder): a URI that cannot be pinned here is left to the replicas, whose load error
     Serve reports, since a Serve config's `user_config` override may replace this default anyway."""
+    if cfg.serve.variants:
+        return variants_user_config(cfg, strict)
     out: dict[str, Any] = {"model": cfg.serve.model}
     try:
         out["resolved"] = pin_model(cfg.serve.model, cfg)

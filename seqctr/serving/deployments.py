@@ -17,6 +17,13 @@ Hot reload: `reconfigure({"model": URI})` (Serve calls it when the deployment's 
 loads the new checkpoint fully in a thread while requests keep using the old model, then swaps one
 reference. A failed load (missing folder, sha256 mismatch) keeps the old model and records the error,
 which `info()` (GET /v1/model) shows and the replica log records.
+
+Champion and challenger (seqctr/serving/variants.py): a user_config with `variants` loads each named model
+beside the others in this replica, reusing every already loaded checkpoint, so a weight change loads
+nothing; a request goes to the variant its user_id hashes to, and the response names it (`variant`).
+A shadow variant scores a sampled share of requests in an asyncio task started once the response is
+built (nobody awaits it: never on the request's latency path, and its failure fails no request); its
+scores are logged, with the request id, beside the served ones.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -39,7 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
@@ -50,6 +58,7 @@ from seqctr.platform.model.predictor import load_model
 from seqctr.platform.registry import SCHEME as REGISTRY_SCHEME
 from seqctr.platform.runs import resolve_latest
 from seqctr.serving.telemetry import ServingMetrics, StageTimes
+from seqctr.serving.variants import Variant, VariantSpec, VariantTable, check_variants, shadow_record
 
 logger = logging.getLogger("ray.serve")
 Loader = Callable[[str, str], Any]
@@ -69,12 +78,23 @@ class ModelSpec(BaseModel):
     `model` is the URI as the user gave it (reported by /v1/model); `resolved` pins what it meant when the
     app was (re)deployed (registry://NAME@v0003 for an alias, an absolute folder), so every replica loads
     the same version and an alias move is a user_config change; `fallback` is loaded by a new replica
-    whose model fails, so scaling up after a failed reload still serves the previous model."""
+    whose model fails, so scaling up after a failed reload still serves the previous model.
+
+    `variants` (name -> VariantSpec) serves several models instead (champion and challenger); `model`,
+    `resolved` and `fallback` are then unused (each variant has its own)."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str
+    model: str | None = None
     resolved: str | None = None
     fallback: str | None = None
+    variants: dict[str, VariantSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something_to_serve(self) -> ModelSpec:
+        if not self.variants and not self.model:
+            raise ValueError("CTRScorer user_config: give `model` or `variants` (serve.variants)")
+        check_variants(self.variants)
+        return self
 
 
 @dataclass(frozen=True)
@@ -207,6 +227,11 @@ class Job:
     explain: bool
     text: np.ndarray | None = None  # (len(cold), Dt) once embedded
     times: StageTimes = field(default_factory=StageTimes)  # per-stage milliseconds (telemetry.py)
+    variant: str | None = None  # the serve.variants name that scores it (None: the single model)
+    request_id: str = ""
+    payload: dict[str, Any] | None = None  # kept only when shadows will score the request too
+    shadows: list[Variant] = field(default_factory=list)
+    encoder: dict[str, Any] | None = None  # the served model's text-encoder settings (shadows reuse its texts)
 
 
 def encode_items(ids: list[str], index: ItemIndex, num_buckets: int) -> tuple[np.ndarray, np.ndarray]:
@@ -323,6 +348,8 @@ def build_response(model: ServingModel, job: Job, probs: np.ndarray, attention: 
         "scores": scores,
         "items": items,
         "history": job.history if job.explain else None,
+        "variant": job.variant,
+        "request_id": job.request_id,
     }
 
 
@@ -450,7 +477,11 @@ class CTRScorer:
         self._encoder = encoder  # DeploymentHandle to ItemEncoder (None: text candidates are hashed)
         self._loader = loader or load_model
         self._device = "cpu"
-        self._current: ServingModel | None = None
+        self._current: ServingModel | None = None  # the single model; with variants, the primary's
+        self._variants: VariantTable | None = None
+        self._shadow_tasks: set[asyncio.Task] = set()  # held so they are not collected mid-flight
+        self._max_shadow_tasks = 4 * self._cfg.serve.max_batch_size  # beyond this, a shadow is skipped
+        self._shadow_counts: dict[str, Counter[str]] = {}  # variant -> outcome -> count, for info()
         self._last_reload: dict[str, Any] | None = None
         self._reload_lock = asyncio.Lock()
         self._warming: asyncio.Future | None = None
@@ -468,6 +499,13 @@ class CTRScorer:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Load the model named by user_config, then swap; on failure keep the old one (see module doc)."""
         spec = ModelSpec.model_validate(user_config)
+        if spec.variants:
+            async with self._reload_lock:
+                table = await self._load_variants(spec)
+            if table is not None:
+                for model in {id(v.model): v.model for v in table}.values():
+                    self._warming = asyncio.ensure_future(self._warm_encoder(model))
+            return
         async with self._reload_lock:
             current = self._current
             try:
@@ -486,9 +524,71 @@ class CTRScorer:
             else:
                 self._last_reload = {"uri": spec.model, "ok": True, "error": None, "at": _now()}
             self._current = new  # one reference swap: in-flight requests keep the model they started with
+            self._variants = None
             logger.info("CTRScorer serving %s %s from %s", new.name, new.version, new.checkpoint)
         # In the background: the scorer is ready without it, cold-start requests wait for it if needed.
         self._warming = asyncio.ensure_future(self._warm_encoder(new))
+
+    def _loaded(self) -> dict[str, ServingModel]:
+        """source -> model of everything loaded now, so a variant naming one of them loads nothing."""
+        models = [v.model for v in self._variants] if self._variants is not None else []
+        if self._current is not None:
+            models.append(self._current)
+        return {m.source: m for m in models}
+
+    async def _load_variants(self, spec: ModelSpec) -> VariantTable | None:
+        """Load the variants of `spec` beside the live ones and swap the table; None when it kept the old.
+
+        A variant whose load fails keeps its previous model (same name), else its fallback; a shadow with
+        neither is left out (requests never depend on it); a served one with neither keeps the whole old
+        table (or, on a replica's first load, fails it, as a single model does)."""
+        loaded, old = self._loaded(), self._variants
+        variants, errors = [], []
+        for name, vspec in spec.variants.items():
+            model = loaded.get(vspec.source)
+            if model is None:
+                try:
+                    model = await asyncio.to_thread(self._load_one, vspec.model, vspec.resolved)
+                except Exception as err:  # noqa: BLE001 - any load failure must leave requests served
+                    message = f"serve.variants.{name}: loading {vspec.model} failed: {type(err).__name__}: {err}"
+                    logger.error("CTRScorer hot reload: %s", message)
+                    errors.append(message)
+                    previous = old.get(name) if old is not None else None
+                    model = previous.model if previous is not None else None
+                    if model is None and vspec.fallback:
+                        try:
+                            model = await asyncio.to_thread(self._load_one, vspec.fallback, None)
+                        except Exception as fallback_err:  # noqa: BLE001 - reported with the first error
+                            errors.append(f"serve.variants.{name}: fallback {vspec.fallback} failed: {fallback_err}")
+                    if model is None and vspec.shadow:
+                        continue
+                    if model is None:
+                        self._last_reload = self._reload_status(spec, errors)
+                        if self._current is not None:
+                            return None
+                        raise RuntimeError(f"CTRScorer: no model to serve: {message}") from err
+            variants.append(Variant(name, vspec, model))
+        table = VariantTable.build(variants)
+        self._variants, self._current = table, table.primary.model  # one swap each; requests keep theirs
+        self._last_reload = self._reload_status(spec, errors)
+        for v in table:
+            logger.info(
+                "CTRScorer variant %s (%s %.3g): %s %s",
+                v.name,
+                "shadow" if v.spec.shadow else "served",
+                v.spec.weight,
+                v.model.name,
+                v.model.version,
+            )
+        return table
+
+    def _load_one(self, model: str, resolved: str | None) -> ServingModel:
+        return load_serving_model(ModelSpec(model=model, resolved=resolved), self._cfg, self._loader, self._device)
+
+    @staticmethod
+    def _reload_status(spec: ModelSpec, errors: list[str]) -> dict[str, Any]:
+        uri = ", ".join(f"{name}={v.model}" for name, v in spec.variants.items())
+        return {"uri": uri, "ok": not errors, "error": "; ".join(errors) or None, "at": _now()}
 
     async def _warm_encoder(self, model: ServingModel) -> None:
         if self._encoder is None or not model.model.text_dim:
@@ -511,6 +611,9 @@ class CTRScorer:
         out["config"]["serve"] = self._cfg.serve.model_dump()
         out["last_reload"] = self._last_reload
         out["batch_sizes"] = dict(sorted(self._batch_sizes.items()))
+        table = self._variants
+        out["variants"] = [v.describe() for v in table] if table is not None else None
+        out["shadows"] = {name: dict(counts) for name, counts in sorted(self._shadow_counts.items())}
         return out
 
     # -- scoring
@@ -526,12 +629,21 @@ class CTRScorer:
     async def score_job(self, payload: dict[str, Any], times: StageTimes | None = None) -> tuple[dict[str, Any], Job]:
         """(ScoreResponse dict, the encoded job with its stage times so far); `times` carries the stages
         before this call (parse), and its clock runs on into `response` for the caller to stop."""
-        current = self._current
+        table, current, variant = self._variants, self._current, None
+        if table is not None:
+            variant = table.route(payload.get("user_id"))
+            current = variant.model
         if current is None:
             raise RuntimeError("CTRScorer has no model loaded")
         times = times or StageTimes()
         job = prepare_job(current, payload)
         job.times = times
+        job.request_id = payload.get("request_id") or uuid.uuid4().hex
+        if variant is not None:
+            job.variant = variant.name
+            job.shadows = table.shadows_for(payload.get("user_id"))
+            if job.shadows:
+                job.payload, job.encoder = payload, encoder_settings(current.config)
         times.stop("encode")
         if job.cold:
             job.text = await self._embed_cold(current, job)
@@ -547,7 +659,52 @@ class CTRScorer:
     def record(self, job: Job, body: dict[str, Any]) -> None:
         """Export a finished request's stage times and candidate sources (a no-op outside a replica)."""
         if self._metrics is not None:
-            self._metrics.record_request(job.times, job.sources, body["model"], body["version"])
+            self._metrics.record_request(job.times, job.sources, body["model"], body["version"], job.variant)
+        if job.shadows:
+            self._start_shadows(job, body)
+
+    # -- shadow scoring
+
+    def _start_shadows(self, job: Job, body: dict[str, Any]) -> None:
+        """One background task per sampled shadow; none awaits it, so the response never waits."""
+        for variant in job.shadows:
+            if len(self._shadow_tasks) >= self._max_shadow_tasks:  # bounded: overload skips shadows first
+                self._count_shadow(variant.name, "skipped")
+                continue
+            task = asyncio.get_running_loop().create_task(self._shadow_score(variant, job, body))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow_score(self, variant: Variant, served: Job, body: dict[str, Any]) -> None:
+        await asyncio.sleep(0)  # let the route hand its response over first
+        try:
+            model = variant.model
+            job = prepare_job(model, {**(served.payload or {}), "explain": False})
+            if job.cold:
+                same_text = served.text is not None and served.cold == job.cold
+                same_text = same_text and encoder_settings(model.config) == served.encoder
+                job.text = served.text if same_text else await self._embed_cold(model, job)
+            if self._batched:
+                probs, _ = await self._score_batch((model, job))
+            else:
+                [(probs, _)] = self._score_items([(model, job)])
+            logger.info(shadow_record(served.request_id, body, variant, probs.tolist()))
+            self._count_shadow(variant.name, "scored")
+        except Exception as err:  # noqa: BLE001 - a shadow failure is logged, never a failed request
+            logger.warning(
+                "shadow %s failed on request %s: %s: %s", variant.name, served.request_id, type(err).__name__, err
+            )
+            self._count_shadow(variant.name, "failed")
+
+    async def shadows_done(self) -> None:
+        """Wait for the shadow scorings in flight (a drain before shutdown; tests of the plain class)."""
+        while self._shadow_tasks:
+            await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+
+    def _count_shadow(self, name: str, outcome: str) -> None:
+        self._shadow_counts.setdefault(name, Counter())[outcome] += 1
+        if self._metrics is not None:
+            self._metrics.record_shadow(name, outcome)
 
     async def _embed_cold(self, model: ServingModel, job: Job) -> np.ndarray | None:
         """Text vectors of the job's cold candidates; on any encoder failure they fall back to hashed."""

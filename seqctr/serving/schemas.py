@@ -160,6 +160,10 @@ class ScoreResponse(BaseModel):
     history: list[str] | None = Field(
         None, description="With explain: the history the model read (after the cut), which attention indexes."
     )
+    variant: str | None = Field(None, description="The serve.variants name that scored it (null: a single model).")
+    request_id: str | None = Field(
+        None, description="The request's X-Request-ID header, else a fresh id; shadow score logs carry it."
+    )
 
 
 class RankResponse(BaseModel):
@@ -167,6 +171,8 @@ class RankResponse(BaseModel):
     version: str
     items: list[ScoredItem] = Field(description="The top k candidates, best first (ties keep request order).")
     history: list[str] | None = None
+    variant: str | None = None
+    request_id: str | None = None
 
 
 class ReloadStatus(BaseModel):
@@ -174,6 +180,20 @@ class ReloadStatus(BaseModel):
     ok: bool
     error: str | None = None
     at: str = Field(description="UTC time of the attempt (ISO 8601).")
+
+
+class VariantInfo(BaseModel):
+    """One serve.variants entry as a replica holds it now."""
+
+    name: str
+    weight: float = Field(description="Served: relative traffic weight; shadow: share of requests scored.")
+    shadow: bool
+    model: str = Field(description="Model name (registry name, else the experiment name).")
+    version: str
+    uri: str
+    resolved: str
+    checkpoint: str
+    loaded_at: str
 
 
 class ModelInfo(BaseModel):
@@ -193,6 +213,13 @@ class ModelInfo(BaseModel):
     batch_sizes: dict[int, int] = Field(
         default_factory=dict,
         description="Batches this replica scored since it started, by size (requests batched together).",
+    )
+    variants: list[VariantInfo] | None = Field(
+        None, description="With serve.variants: every variant (the fields above describe the heaviest served one)."
+    )
+    shadows: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Shadow scorings this replica ran since it started: variant -> scored | failed | skipped -> count.",
     )
 
 

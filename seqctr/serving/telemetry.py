@@ -14,8 +14,10 @@ Stages, in order, each a `seqctr_stage_ms{stage=...}` histogram observation per 
                 experienced it; the batch's own size goes to `seqctr_batch_size`)
     response    the response dict and its JSON bytes, built once
 
-Counters and histograms besides: `seqctr_requests_total{model,version}` (the version tag says which
-model answered, so a hot reload is visible as one series ending and another starting),
+Counters and histograms besides: `seqctr_requests_total{model,version,variant}` (the version tag says
+which model answered, so a hot reload is visible as one series ending and another starting; `variant` is
+the serve.variants name, `default` for the single model), `seqctr_shadow_total{variant,outcome}`
+(shadow scorings: scored | failed | skipped when too many were in flight),
 `seqctr_candidates_total{source=known|text|hashed}`, `seqctr_candidates_per_request`,
 `seqctr_batch_size`. Serve adds the deployment, replica and application tags itself.
 
@@ -85,11 +87,18 @@ class ServingMetrics:
         self.requests = Counter(
             "seqctr_requests_total",
             description="Scored requests, by the model name and version that answered them.",
-            tag_keys=("model", "version"),
+            tag_keys=("model", "version", "variant"),
+        )
+        self.shadows = Counter(
+            "seqctr_shadow_total",
+            description="Shadow scorings by variant and outcome (scored | failed | skipped).",
+            tag_keys=("variant", "outcome"),
         )
         self._stage_tags = {stage: {"stage": stage} for stage in STAGES}
 
-    def record_request(self, times: StageTimes, sources: list[str], model: str, version: str) -> None:
+    def record_request(
+        self, times: StageTimes, sources: list[str], model: str, version: str, variant: str | None = None
+    ) -> None:
         """One scored request: its stage times, candidate counts and the model that answered."""
         for stage, ms in times.ms.items():
             self.stage_ms.observe(ms, tags=self._stage_tags.get(stage) or {"stage": stage})
@@ -99,7 +108,10 @@ class ServingMetrics:
         for source, count in (("known", known), ("text", text), ("hashed", len(sources) - known - text)):
             if count:
                 self.candidate_sources.inc(count, tags={"source": source})
-        self.requests.inc(tags={"model": model, "version": version})
+        self.requests.inc(tags={"model": model, "version": version, "variant": variant or "default"})
+
+    def record_shadow(self, variant: str, outcome: str) -> None:
+        self.shadows.inc(tags={"variant": variant, "outcome": outcome})
 
     def record_batch(self, size: int) -> None:
         self.batch_size.observe(size)

@@ -1,0 +1,242 @@
+"""Champion and challenger: the split (pure functions), the variants of one scorer (the plain class), and
+two apps on Ray Serve: one whose shadow's model raises, one whose weights change under load."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from serving_helpers import offline_scores, tiny_serving_config
+
+from seqctr.platform.config import ConfigError
+from seqctr.platform.model.predictor import load_model
+from seqctr.serving.app import model_user_config, variants_user_config
+from seqctr.serving.deployments import CTRScorer, ModelSpec
+from seqctr.serving.variants import VariantSpec, VariantTable, route_users, sampled, shadow_seed, user_points
+
+USERS = [f"u{k}" for k in range(10_000)]
+HISTORY = [f"i{k}" for k in range(8)]
+CANDIDATES = ["i1", "i20", "i33", "never-seen"]
+RAISES = "raises"  # a checkpoint folder whose name holds this gets a model that raises (raising_loader)
+
+
+def raising_loader(path: str, device: str):
+    """The real loader; under a folder named *raises* the model's scoring raises (a broken challenger)."""
+    loaded = load_model(path, device)
+    if RAISES in Path(path).name:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("this shadow model is broken")
+
+        loaded.model.score_groups = broken
+    return loaded
+
+
+# ----------------------------------------------------------------------------- the split (pure)
+
+
+@pytest.mark.parametrize("weights", [{"a": 0.9, "b": 0.1}, {"a": 5, "b": 3, "c": 2}, {"a": 1, "off": 0, "b": 1}])
+def test_split_ratios_are_the_weights(weights):
+    names = route_users(USERS, weights)
+    total = sum(weights.values())
+    for name, weight in weights.items():
+        share = names.count(name) / len(USERS)
+        assert abs(share - weight / total) < 0.015, (name, share)  # ~4.5 sigma of a 10k binomial at 0.5
+
+
+def test_a_user_is_sticky_and_only_the_moved_range_changes_hands():
+    before = route_users(USERS, {"a": 0.9, "b": 0.1})
+    assert route_users(USERS, {"a": 0.9, "b": 0.1}) == before  # the same users, the same variants
+    assert route_users(list(reversed(USERS)), {"a": 0.9, "b": 0.1}) == list(reversed(before))
+    after = route_users(USERS, {"a": 0.8, "b": 0.2})
+    moved = [(x, y) for x, y in zip(before, after, strict=True) if x != y]
+    assert set(moved) == {("a", "b")}  # nobody went back from b to a
+    assert abs(len(moved) / len(USERS) - 0.1) < 0.015
+
+
+def test_missing_user_id_is_random_and_points_are_uniform():
+    import random
+
+    rng = random.Random(7)
+    points = user_points([None] * 2000, rng=rng)
+    assert 0.45 < points.mean() < 0.55 and len(set(points.tolist())) == 2000
+    hashed = user_points(USERS)
+    assert hashed.min() >= 0 and hashed.max() < 1
+    assert np.histogram(hashed, bins=10, range=(0, 1))[0].min() > 900  # ~1000 a decile
+
+
+def test_table_route_equals_the_vectorised_split():
+    specs = {"a": VariantSpec(model="x", weight=0.7), "b": VariantSpec(model="y", weight=0.3)}
+    table = VariantTable.build([_variant(n, s) for n, s in specs.items()])
+    expected = route_users(USERS[:500], {"a": 0.7, "b": 0.3})
+    assert [table.route(u).name for u in USERS[:500]] == expected
+
+
+def test_shadow_sample_is_its_share_and_stable_per_user():
+    seed = shadow_seed("s")
+    picked = [sampled(u, seed, 0.25) for u in USERS]
+    assert abs(sum(picked) / len(USERS) - 0.25) < 0.015
+    assert picked == [sampled(u, seed, 0.25) for u in USERS]
+    # independent of the routing split: the shadow's sample of b's users is a quarter too
+    b_users = [u for u, name in zip(USERS, route_users(USERS, {"a": 0.5, "b": 0.5}), strict=True) if name == "b"]
+    assert abs(sum(sampled(u, seed, 0.25) for u in b_users) / len(b_users) - 0.25) < 0.03
+
+
+def _variant(name, spec):
+    from seqctr.serving.variants import Variant
+
+    return Variant(name, spec, model=None)
+
+
+# ----------------------------------------------------------------------------- config errors
+
+
+@pytest.mark.parametrize(
+    "variants, message",
+    [
+        ("{a: {model: x, weight: 0}}", "must sum to > 0"),
+        ("{a: {model: x, weight: 1}, s: {model: y, shadow: true, weight: 2}}", "share of requests"),
+        ("[{name: a, model: x}, {name: a, model: y}]", "given twice"),
+        ("{'a b': {model: x}}", "must match"),
+    ],
+)
+def test_misconfigured_variants_are_config_errors_naming_serve_variants(variants, message):
+    with pytest.raises(ConfigError, match="serve.variants") as err:
+        tiny_serving_config(f"serve.variants={variants}")
+    assert message in str(err.value)
+
+
+def test_unknown_registry_ref_is_a_config_error_naming_the_variant(tmp_path):
+    cfg = tiny_serving_config(
+        f"registry.root={tmp_path / 'registry'}", "serve.variants={champion: {model: 'registry://seqctr@nope'}}"
+    )
+    with pytest.raises(ConfigError, match=r"serve\.variants\.champion\.model=registry://seqctr@nope"):
+        model_user_config(cfg)
+    assert "resolved" not in variants_user_config(cfg, strict=False)["variants"]["champion"]  # left to replicas
+
+
+def test_a_user_config_with_zero_weights_is_refused_naming_serve_variants():
+    with pytest.raises(ValidationError, match="serve.variants"):
+        ModelSpec.model_validate({"variants": {"a": {"model": "x", "weight": 0}}})
+    with pytest.raises(ValidationError, match="serve.variants"):
+        ModelSpec.model_validate({})
+
+
+# ----------------------------------------------------------------------------- one scorer, several models
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def broken_copy(checkpoint: Path, root: Path) -> Path:
+    target = root / f"challenger-{RAISES}"
+    if not target.exists():
+        shutil.copytree(checkpoint, target)
+    return target
+
+
+def scorer_with(variants: dict[str, dict]) -> CTRScorer:
+    scorer = CTRScorer(tiny_serving_config(), None, raising_loader, torch_threads=0)
+    run(scorer.reconfigure({"variants": variants}))
+    return scorer
+
+
+def test_requests_go_to_their_users_variant_and_shadow_scores_are_logged(checkpoints, tmp_path, caplog):
+    broken = broken_copy(checkpoints["a"], tmp_path)
+    scorer = scorer_with(
+        {
+            "champion": {"model": str(checkpoints["a"]), "weight": 0.5},
+            "challenger": {"model": str(checkpoints["b"]), "weight": 0.5},
+            "mirror": {"model": str(checkpoints["b"]), "shadow": True, "weight": 1.0},
+            "broken": {"model": str(broken), "shadow": True, "weight": 1.0},
+        }
+    )
+    expected = {
+        name: offline_scores(checkpoints[k], HISTORY, CANDIDATES)
+        for name, k in [("champion", "a"), ("challenger", "b")]
+    }
+    users = USERS[:40]
+    routed = route_users(users, {"champion": 0.5, "challenger": 0.5})
+    log = logging.getLogger("ray.serve")
+    log.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="ray.serve")
+
+    async def requests():
+        out = []
+        for user in users:
+            body = {"user_id": user, "history": HISTORY, "candidates": CANDIDATES, "request_id": f"r-{user}"}
+            out.append(await scorer.score(body))
+            await scorer.shadows_done()  # the plain class never yields: at most 4 x max_batch_size would wait
+        return out
+
+    try:
+        answers = run(requests())
+    finally:
+        log.removeHandler(caplog.handler)
+    assert [a["variant"] for a in answers] == routed
+    for answer in answers:
+        np.testing.assert_allclose(answer["scores"], expected[answer["variant"]], atol=1e-5)
+    info = scorer.info()
+    assert info["shadows"] == {"broken": {"failed": 40}, "mirror": {"scored": 40}}
+    assert {v["name"]: v["shadow"] for v in info["variants"]} == {
+        "champion": False,
+        "challenger": False,
+        "mirror": True,
+        "broken": True,
+    }
+    import json
+
+    records = [json.loads(r.getMessage()) for r in caplog.records if '"shadow_scores"' in r.getMessage()]
+    assert {r["request_id"] for r in records} == {f"r-{u}" for u in users}
+    for record in records:  # the mirror (model b) beside what was served
+        np.testing.assert_allclose(record["shadow"]["scores"], expected["challenger"], atol=1e-5)
+        np.testing.assert_allclose(record["served"]["scores"], expected[record["served"]["variant"]], atol=1e-5)
+    failures = [r.getMessage() for r in caplog.records if "shadow broken failed" in r.getMessage()]
+    assert len(failures) == 40 and "request r-u0" in " ".join(failures)
+
+
+def test_weights_change_without_loading_and_a_failed_load_keeps_the_variant(checkpoints):
+    scorer = scorer_with(
+        {"champion": {"model": str(checkpoints["a"])}, "challenger": {"model": str(checkpoints["b"]), "weight": 0}}
+    )
+    before = {v["name"]: v["loaded_at"] for v in scorer.info()["variants"]}
+    assert run(scorer.score({"user_id": "u1", "history": HISTORY, "candidates": CANDIDATES}))["variant"] == "champion"
+    run(
+        scorer.reconfigure(
+            {
+                "variants": {
+                    "champion": {"model": str(checkpoints["a"]), "weight": 0},
+                    "challenger": {"model": str(checkpoints["b"])},
+                }
+            }
+        )
+    )
+    info = scorer.info()
+    assert {v["name"]: v["loaded_at"] for v in info["variants"]} == before  # re-weighted, nothing reloaded
+    assert run(scorer.score({"user_id": "u1", "history": HISTORY, "candidates": CANDIDATES}))["variant"] == "challenger"
+    assert info["name"] == "tiny" and info["checkpoint"] == str(checkpoints["b"])  # the heaviest served one
+    run(
+        scorer.reconfigure(
+            {"variants": {"champion": {"model": str(checkpoints["a"])}, "challenger": {"model": "/nowhere/x"}}}
+        )
+    )
+    info = scorer.info()
+    assert info["last_reload"]["ok"] is False and "serve.variants.challenger" in info["last_reload"]["error"]
+    assert {v["name"]: v["checkpoint"] for v in info["variants"]}["challenger"] == str(checkpoints["b"])
+    run(scorer.reconfigure({"model": str(checkpoints["a"])}))  # back to a single model
+    out = run(scorer.score({"user_id": "u1", "history": HISTORY, "candidates": CANDIDATES}))
+    assert out["variant"] is None and scorer.info()["variants"] is None
+
+
+def test_a_new_replica_without_its_served_variant_fails_but_without_a_shadow_serves(checkpoints):
+    with pytest.raises(RuntimeError, match="serve.variants.champion"):
+        scorer_with({"champion": {"model": "/nowhere/x"}})
+    scorer = scorer_with({"champion": {"model": str(checkpoints["a"])}, "s": {"model": "/nowhere/y", "shadow": True}})
+    assert [v["name"] for v in scorer.info()["variants"]] == ["champion"]
+    assert run(scorer.score({"history": HISTORY, "candidates": CANDIDATES}))["variant"] == "champion"
