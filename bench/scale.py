@@ -390,6 +390,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             shutil.rmtree(folder, ignore_errors=True)
             log(f"=== {events:,} events, {items:,} items in {folder}")
             rows.extend(run_size(folder, events, items, args.text, args.config))
+            if args.out:  # what is done so far survives a later failure
+                Path(args.out).write_text(json.dumps({"partial": True, "stages": rows}, indent=2) + "\n")
             text_dim = rows[-1]["text_dim"]  # the request timing below uses the pipeline's text size
     finally:
         if started:

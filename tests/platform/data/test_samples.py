@@ -345,3 +345,20 @@ def test_ray_build_over_many_read_and_partition_tasks_is_exact(ray_session, tmp_
         t = pq.read_table(file)
         keys = list(zip(t.column("user_id").to_pylist(), t.column("timestamp").to_pylist(), strict=True))
         assert keys == sorted(keys)
+
+
+def test_ray_build_reads_and_writes_s3_directly(ray_session, s3_root, tmp_path):
+    """Read tasks read the log from the store and the write tasks write the splits there: no local copy."""
+    from seqctr.platform.storage import filesystem_for
+
+    log = _random_log(4, 300)
+    fs, bucket = filesystem_for(s3_root)
+    pq.write_table(_table(log), f"{bucket}/logs/events/part-0.parquet", filesystem=fs)
+    out = f"{s3_root}/samples"
+    report = build_and_write(f"{s3_root}/logs/events", out, 3, 0.6, 0.2, progress=None)
+    assert report["paths"]["train"] == f"{out}/train"
+    splits = [pq.read_table(f"{bucket}/samples/{s}", filesystem=fs) for s in ("train", "val", "test")]
+    assert _rows(pa.concat_tables(splits)) == _brute_force(log, 3)
+    assert fs.get_file_info(f"{bucket}/samples/_SUCCESS").size > 0
+    assert read_samples(out, "test").count() == report["rows"]["test"]
+    assert not list(tmp_path.iterdir())
