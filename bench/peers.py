@@ -1,0 +1,407 @@
+"""Peers side by side: standard CTR baselines and seqctr's default on exactly seqctr's splits.
+
+    .venv/bin/python bench/peers.py --config configs/default.yaml [--events 300000] [--set a.b=value]
+    .venv/bin/python bench/peers.py --quick --config configs/tiny.yaml   # toy sizes (tests/bench runs it)
+
+The synthetic log of the config (after --set, so a `data.synthetic.*` override reaches the generator)
+is generated and built into samples by seqctr itself (`build_and_write`); every model then reads the
+same train / val / test splits and the item table's categories:
+  popularity    train-split CTR per item with a Beta prior (prior strength picked on val logloss)
+  logreg        scikit-learn logistic regression on one-hot user id, target item id, target category
+                and bags of the history's items and categories (C picked on val AUC)
+  logreg_cross  the same + target category x history categories (the cross a wide model is given)
+  wdl           DeepCTR-Torch wide & deep on user id, item id, item category (no history)
+  din           DeepCTR-Torch DIN: the same + target attention over the history's items and categories
+  seqctr        seqctr's default (`run_training`, Ray Train; the config's model, unchanged)
+The deep peers get seqctr's budget: its embed_dim, MLP sizes, batch size, lr (Adam), epochs and
+patience, and the best epoch by val AUC is scored on test (seqctr's own rule). DeepCTR-Torch is the
+optional `bench` extra (`pip install -e .[bench]`); without it its rows read "unavailable".
+Seconds are each model's fit + scoring wall time on this machine (seqctr: `run_training`, with the
+item text embeddings computed before the clock starts). Lift = (AUC - 0.5) / (oracle - 0.5), the
+oracle being the AUC of the log's own p_true on the test split. Writes peers.json in the work dir.
+
+Measured on 2 shared CPUs, default config (300k events, 2k users, 2k items, 20 categories):
+(see the table below, filled in by the run recorded in issue #15)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+MODELS = ("popularity", "logreg", "logreg_cross", "wdl", "din", "seqctr")
+DEEPCTR_MODELS = ("wdl", "din")
+QUICK_EVENTS = 20_000
+PAD, UNKNOWN = 0, 1  # codes 0 (padding) and 1 (an id unseen in the vocabulary); real values start at 2
+
+
+def log(msg: str) -> None:
+    print(f"[peers] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def codes_of(values: pa.Array | pa.ChunkedArray, vocab: pa.Array) -> np.ndarray:
+    """Vocabulary codes (2..), UNKNOWN for values not in `vocab`: an unseen id never crashes a peer."""
+    idx = pc.index_in(values, value_set=vocab).fill_null(-1)
+    return idx.to_numpy(zero_copy_only=False).astype(np.int64) + 2
+
+
+@dataclass
+class Split:
+    """One split as integer features: (N,) ids, (N, L) right-padded histories and their lengths."""
+
+    user: np.ndarray
+    item: np.ndarray
+    cat: np.ndarray
+    hist_item: np.ndarray
+    hist_cat: np.ndarray
+    hist_len: np.ndarray
+    label: np.ndarray
+    user_key: np.ndarray  # per-split user codes (seen or not) for GAUC
+    p_true: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+@dataclass
+class Features:
+    """The three splits plus vocabulary sizes (codes run 0..size-1, padding and unknown included)."""
+
+    splits: dict[str, Split]
+    n_users: int
+    n_items: int
+    n_cats: int
+    max_len: int
+
+
+def read_split(samples_dir: str, split: str) -> pa.Table:
+    import ray
+
+    from seqctr.platform.data.samples import read_samples
+
+    return pa.concat_tables(ray.get(read_samples(samples_dir, split).to_arrow_refs()))
+
+
+def read_items(items_path: str) -> tuple[pa.Array, pa.Array]:
+    """(item ids, categories) of the item table; items without a category column all share one."""
+    from seqctr.platform.data.contract import list_parquet_files, open_parquet
+
+    files = [open_parquet(f) for f in list_parquet_files(items_path)]
+    columns = ["item_id", "category"] if "category" in files[0].schema_arrow.names else ["item_id"]
+    table = pa.concat_tables(f.read(columns=columns) for f in files)
+    ids = pc.cast(table["item_id"], pa.string()).combine_chunks()
+    cats = table["category"] if "category" in columns else pa.array([""] * len(ids))
+    return ids, pc.cast(cats, pa.string())
+
+
+def encode(tables: dict[str, pa.Table], item_ids: pa.Array, item_cats: pa.Array, max_len: int) -> Features:
+    """Vocabularies from the train split (users) and the item table (items, categories), then codes."""
+    user_vocab = pc.unique(tables["train"]["user_id"])
+    item_vocab = pc.unique(item_ids)
+    cat_vocab = pc.unique(item_cats)
+    # Category code of every item code; padding and unknown items get the padding / unknown category.
+    cat_of_item = np.zeros(len(item_vocab) + 2, dtype=np.int64)
+    cat_of_item[UNKNOWN] = UNKNOWN
+    cat_of_item[codes_of(item_ids, item_vocab)] = codes_of(item_cats, cat_vocab)
+    splits = {}
+    for name, t in tables.items():
+        hist = t["history"].combine_chunks()
+        offsets = hist.offsets.to_numpy().astype(np.int64)
+        lengths = np.diff(offsets)
+        flat = codes_of(hist.flatten(), item_vocab)
+        rows = np.repeat(np.arange(t.num_rows), lengths)
+        cols = np.arange(len(flat)) - np.repeat(offsets[:-1] - offsets[0], lengths)
+        hist_item = np.zeros((t.num_rows, max_len), dtype=np.int64)
+        hist_item[rows, np.minimum(cols, max_len - 1)] = flat
+        item = codes_of(t["target"], item_vocab)
+        splits[name] = Split(
+            user=codes_of(t["user_id"], user_vocab),
+            item=item,
+            cat=cat_of_item[item],
+            hist_item=hist_item,
+            hist_cat=cat_of_item[hist_item],
+            hist_len=np.minimum(lengths, max_len),
+            label=t["label"].to_numpy().astype(np.float64),
+            user_key=pc.dictionary_encode(t["user_id"].combine_chunks()).indices.to_numpy(),
+            p_true=t["p_true"].to_numpy() if "p_true" in t.column_names else None,
+        )
+    return Features(splits, len(user_vocab) + 2, len(item_vocab) + 2, len(cat_vocab) + 2, max_len)
+
+
+def metrics(split: Split, prob: np.ndarray) -> dict[str, float]:
+    from seqctr.platform.model.metrics import evaluate
+
+    m = evaluate(split.label, np.clip(prob, 0.0, 1.0), split.user_key)
+    return {"auc": m["auc"], "gauc": m["gauc"], "logloss": m["logloss"]}
+
+
+# ----------------------------------------------------------------------------- peers
+
+
+def popularity(f: Features, budget: dict[str, Any]) -> np.ndarray:
+    """Smoothed train CTR per item: (clicks + m * ctr) / (shows + m), the prior strength m picked on val."""
+    from seqctr.platform.model.metrics import logloss
+
+    train, val = f.splits["train"], f.splits["val"]
+    clicks = np.bincount(train.item, weights=train.label, minlength=f.n_items)
+    shows = np.bincount(train.item, minlength=f.n_items)
+    mu = float(train.label.mean())
+
+    def score(s: Split, m: float) -> np.ndarray:
+        return (clicks[s.item] + m * mu) / (shows[s.item] + m)
+
+    best = min((1.0, 3.0, 10.0, 30.0, 100.0, 300.0), key=lambda m: logloss(val.label, score(val, m)))
+    return score(f.splits["test"], best)
+
+
+def sparse_design(f: Features, s: Split, cross: bool) -> Any:
+    """One-hot user, item, category; bags (mean) of history items and categories; log1p(history length);
+    with `cross`, the bag of (target category, history category) pairs."""
+    from scipy.sparse import csr_matrix
+
+    n = len(s)
+    blocks = [f.n_users, f.n_items, f.n_cats, f.n_items, f.n_cats, 1]
+    base = np.cumsum([0, *blocks])
+    mask = np.arange(f.max_len)[None, :] < s.hist_len[:, None]
+    hrows = np.nonzero(mask)[0]
+    hw = 1.0 / np.maximum(s.hist_len, 1)[hrows]
+    rows = [np.arange(n)] * 4 + [hrows, hrows]
+    cols = [base[0] + s.user, base[1] + s.item, base[2] + s.cat, np.full(n, base[5])]
+    cols += [base[3] + s.hist_item[mask], base[4] + s.hist_cat[mask]]
+    vals = [np.ones(n)] * 3 + [np.log1p(s.hist_len) / math.log1p(f.max_len), hw, hw]
+    width = base[-1]
+    if cross:
+        rows.append(hrows)
+        cols.append(width + s.cat[hrows] * f.n_cats + s.hist_cat[mask])
+        vals.append(hw)
+        width += f.n_cats * f.n_cats
+    return csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, width))
+
+
+def logreg(f: Features, budget: dict[str, Any], cross: bool = False) -> np.ndarray:
+    """scikit-learn's LogisticRegression (lbfgs) on the sparse design; C picked on val AUC."""
+    from sklearn.linear_model import LogisticRegression
+
+    from seqctr.platform.model.metrics import auc
+
+    x = {name: sparse_design(f, s, cross) for name, s in f.splits.items()}
+    best, best_auc = None, -1.0
+    for c in budget["lr_c"]:
+        fit = LogisticRegression(C=c, max_iter=300).fit(x["train"], f.splits["train"].label)
+        val_auc = auc(f.splits["val"].label, fit.decision_function(x["val"]))
+        log(f"logreg cross={cross} C={c}: val AUC {val_auc:.4f}")
+        if val_auc > best_auc:
+            best, best_auc = fit, val_auc
+    return best.predict_proba(x["test"])[:, 1]
+
+
+def deepctr_unavailable() -> str | None:
+    """None when DeepCTR-Torch imports, else why not (the `bench` extra is optional)."""
+    try:
+        import deepctr_torch.models  # noqa: F401
+    except Exception as e:  # ImportError, or a torch API it no longer finds
+        return f"deepctr-torch does not import: {type(e).__name__}: {e} (pip install -e .[bench])"
+    return None
+
+
+def deepctr(f: Features, budget: dict[str, Any], kind: str) -> np.ndarray:
+    """DeepCTR-Torch WDL or DIN with seqctr's budget; the best epoch by val AUC scores test."""
+    import torch
+    from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
+    from deepctr_torch.models import DIN, WDL
+
+    from seqctr.platform.model.metrics import auc
+
+    d, hidden = budget["embed_dim"], tuple(budget["mlp_hidden"])
+    base = [
+        SparseFeat("user", f.n_users, embedding_dim=d),
+        SparseFeat("item", f.n_items, embedding_dim=d),
+        SparseFeat("category", f.n_cats, embedding_dim=d),
+    ]
+    quiet = contextlib.redirect_stdout(sys.stderr)  # the library prints its device, "Train on N samples ..."
+    if kind == "wdl":
+        with quiet:
+            model = WDL(base, base, dnn_hidden_units=hidden, seed=budget["seed"], device="cpu")
+    else:
+        history = [
+            VarLenSparseFeat(
+                SparseFeat("hist_item", f.n_items, d, embedding_name="item"), f.max_len, "mean", "hist_len"
+            ),
+            VarLenSparseFeat(
+                SparseFeat("hist_category", f.n_cats, d, embedding_name="category"), f.max_len, "mean", "hist_len"
+            ),
+        ]
+        with quiet:
+            model = DIN(
+                base + history, ["item", "category"], dnn_hidden_units=hidden, seed=budget["seed"], device="cpu"
+            )
+    model.compile(torch.optim.Adam(model.parameters(), lr=budget["lr"]), "binary_crossentropy")
+
+    def inputs(s: Split) -> dict[str, np.ndarray]:
+        x = {"user": s.user, "item": s.item, "category": s.cat}
+        if kind == "din":
+            x |= {"hist_item": s.hist_item, "hist_category": s.hist_cat, "hist_len": s.hist_len}
+        return x
+
+    x_train, y_train = inputs(f.splits["train"]), f.splits["train"].label.astype(np.float32)
+    x_val, val = inputs(f.splits["val"]), f.splits["val"]
+    best_state, best_auc, stale = None, -1.0, 0
+    for epoch in range(budget["epochs"]):
+        with contextlib.redirect_stdout(sys.stderr):
+            model.fit(x_train, y_train, batch_size=budget["batch_size"], epochs=1, verbose=0, shuffle=True)
+        val_auc = auc(val.label, model.predict(x_val, batch_size=8192).reshape(-1))
+        log(f"{kind} epoch {epoch + 1}: val AUC {val_auc:.4f}")
+        if val_auc > best_auc:
+            best_state, best_auc, stale = copy.deepcopy(model.state_dict()), val_auc, 0
+        else:
+            stale += 1
+            if stale >= budget["patience"]:
+                break
+    model.load_state_dict(best_state)
+    return model.predict(inputs(f.splits["test"]), batch_size=8192).reshape(-1)
+
+
+PEERS: dict[str, Callable[[Features, dict[str, Any]], np.ndarray]] = {
+    "popularity": popularity,
+    "logreg": logreg,
+    "logreg_cross": lambda f, b: logreg(f, b, cross=True),
+    "wdl": lambda f, b: deepctr(f, b, "wdl"),
+    "din": lambda f, b: deepctr(f, b, "din"),
+}
+
+
+def run_seqctr(cfg: Any) -> dict[str, Any]:
+    """seqctr's default through `run_training`; its item text embeddings are computed before the clock."""
+    from seqctr.platform.data.embeddings import embed_items
+    from seqctr.training.trainer import run_training
+
+    if cfg.model.text:
+        embed_items(cfg.data.items, cfg.embed)
+    started = time.perf_counter()
+    result = run_training(cfg.with_overrides({"train.run_name": "peers-seqctr"}))
+    test = result["test"]
+    return {"auc": test["auc"], "gauc": test["gauc"], "logloss": test["logloss"], "epochs": result["epochs_run"]} | {
+        "seconds": time.perf_counter() - started
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def print_table(rows: list[dict[str, Any]], oracle: float, header: str) -> None:
+    print(header)
+    print(f"oracle AUC (p_true, test split) {oracle:.4f}")
+    print(f"{'model':<14}{'test AUC':>9}{'GAUC':>8}{'logloss':>9}{'lift':>7}{'sec':>8}")
+    for r in rows:
+        if r.get("unavailable"):
+            print(f"{r['model']:<14}  unavailable: {r['unavailable']}")
+            continue
+        print(
+            f"{r['model']:<14}{r['auc']:>9.4f}{r['gauc']:>8.4f}{r['logloss']:>9.4f}{r['lift']:>7.3f}{r['seconds']:>8.1f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="a.b=value (config overrides)")
+    parser.add_argument("--events", type=int, default=None, help="synthetic events (default: the config's)")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--work-dir", default=None, help="default: a temp dir; reuses data built there")
+    parser.add_argument("--quick", action="store_true", help=f"toy sizes: {QUICK_EVENTS} events, 1 epoch, one C")
+    args = parser.parse_args(argv)
+    models = args.models.split(",")
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
+
+    import torch
+
+    from seqctr.demo import _generate
+    from seqctr.platform.config import load_config, resolve_paths
+    from seqctr.platform.runtime import init_ray
+    from seqctr.training.trainer import ensure_samples
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="seqctr-peers-"))
+    cfg = resolve_paths(load_config(args.config, args.overrides), work)
+    sizes: dict[str, Any] = {}
+    if args.events or args.quick:
+        sizes["data.synthetic.events"] = args.events or min(QUICK_EVENTS, cfg.data.synthetic.events)
+    if args.quick:
+        sizes |= {"train.epochs": 1, "train.patience": 1}
+    cfg = cfg.with_overrides(sizes)
+    init_ray()
+    _generate(cfg)
+    ensure_samples(cfg)
+    started = time.perf_counter()
+    tables = {s: read_split(cfg.data.samples, s) for s in ("train", "val", "test")}
+    feats = encode(tables, *read_items(cfg.data.items), cfg.data.max_seq_len)
+    counts = {s: len(v) for s, v in feats.splits.items()}
+    log(f"read and encoded the splits in {time.perf_counter() - started:.1f}s: {counts}")
+    test = feats.splits["test"]
+    from seqctr.platform.model.metrics import auc
+
+    oracle = auc(test.label, test.p_true) if test.p_true is not None else float("nan")
+    budget = {
+        "embed_dim": cfg.model.embed_dim,
+        "mlp_hidden": cfg.model.mlp_hidden,
+        "batch_size": cfg.train.batch_size,
+        "lr": cfg.train.lr,
+        "epochs": cfg.train.epochs,
+        "patience": cfg.train.patience,
+        "seed": cfg.train.seed,
+        "lr_c": (0.1,) if args.quick else (0.03, 0.3, 3.0),
+    }
+    # The peers get the threads one seqctr training worker gets.
+    torch.set_num_threads(max(1, cfg.train.torch_threads or int(cfg.train.cpus_per_worker)))
+    missing = deepctr_unavailable()
+    rows = []
+    for name in models:
+        if name in DEEPCTR_MODELS and missing:
+            rows.append({"model": name, "unavailable": missing})
+            log(f"{name}: unavailable ({missing})")
+            continue
+        log(f"{name} ...")
+        started = time.perf_counter()
+        if name == "seqctr":
+            row = run_seqctr(cfg)
+        else:
+            row = metrics(test, PEERS[name](feats, budget)) | {"seconds": time.perf_counter() - started}
+        row = {"model": name, **row, "lift": (row["auc"] - 0.5) / (oracle - 0.5) if oracle > 0.5 else float("nan")}
+        rows.append({k: round(float(v), 4) if isinstance(v, float) else v for k, v in row.items()})
+        log(f"{rows[-1]}")
+    s = cfg.data.synthetic
+    header = (
+        f"{args.config} {' '.join(args.overrides)}: {s.events} events, {s.users} users, {s.items} items, "
+        f"{s.categories} categories; train/val/test = {counts['train']}/{counts['val']}/{counts['test']}"
+    )
+    print_table(rows, oracle, header)
+    out = {"header": header, "oracle_auc": oracle, "budget": budget, "rows": rows}
+    (work / "peers.json").write_text(json.dumps(out, indent=2, default=list))
+    return out
+
+
+if __name__ == "__main__":
+    main()
