@@ -13,6 +13,7 @@ BENCHES = [
     "train_throughput.py",
     "serve_latency.py",
     "lookup_speed.py",
+    "peers.py",  # popularity, logreg, DeepCTR-Torch WDL/DIN and seqctr on the same splits
     "scale.py",  # the longest: three sizes up to 3M events and 1M items
 ]
 
