@@ -6,16 +6,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import sys
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from serving_helpers import offline_scores, tiny_serving_config
+from serving_helpers import free_port, offline_scores, tiny_serving_config
 
 from seqctr.platform.config import ConfigError
 from seqctr.platform.model.predictor import load_model
 from seqctr.serving.app import model_user_config, variants_user_config
+from seqctr.serving.client import CTRClient
 from seqctr.serving.deployments import CTRScorer, ModelSpec
 from seqctr.serving.variants import VariantSpec, VariantTable, route_users, sampled, shadow_seed, user_points
 
@@ -240,3 +245,128 @@ def test_a_new_replica_without_its_served_variant_fails_but_without_a_shadow_ser
     scorer = scorer_with({"champion": {"model": str(checkpoints["a"])}, "s": {"model": "/nowhere/y", "shadow": True}})
     assert [v["name"] for v in scorer.info()["variants"]] == ["champion"]
     assert run(scorer.score({"history": HISTORY, "candidates": CANDIDATES}))["variant"] == "champion"
+
+
+# ----------------------------------------------------------------------------- on Ray Serve
+
+SERVE_SETTINGS = [
+    "serve.min_replicas=1",
+    "serve.max_replicas=1",  # one replica: /v1/model's counts are the whole app's
+    "serve.max_batch_size=8",
+    "serve.batch_wait_timeout_s=0.002",
+]
+PROGRESS_S = 120  # a deadline for background work to show up, not a latency bound
+
+
+@pytest.fixture(scope="module")
+def serve_port(ray_session):
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+
+
+def test_on_serve_the_variant_scores_and_a_raising_shadow_fails_no_request(serve_port, checkpoints, tmp_path):
+    from ray import cloudpickle, serve
+
+    from seqctr.serving.app import make_app
+
+    broken = broken_copy(checkpoints["a"], tmp_path)
+    variants = {
+        "champion": {"model": str(checkpoints["a"]), "weight": 0.5},
+        "challenger": {"model": str(checkpoints["b"]), "weight": 0.5},
+        "broken": {"model": str(broken), "shadow": True, "weight": 1.0},
+    }
+    app = make_app(
+        tiny_serving_config(*SERVE_SETTINGS),
+        loader=raising_loader,
+        scorer_cpus=0.5,
+        encoder_cpus=0.25,
+        user_config={"variants": variants},
+    )
+    users = USERS[:30]
+    url = f"http://127.0.0.1:{serve_port}"
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas unpickle raising_loader by value
+    try:
+        serve.run(app, name="seqctr_shadow", route_prefix="/")
+        with CTRClient(url, retries=0) as client:
+            answers = [client.score(HISTORY, CANDIDATES, user_id=u) for u in users]
+            again = client.score(HISTORY, CANDIDATES, user_id=users[0])
+            echoed = httpx.post(
+                url + "/v1/score",
+                json={"user_id": "u1", "history": HISTORY, "candidates": CANDIDATES},
+                headers={"X-Request-ID": "req-42"},
+                timeout=30,
+            )
+            deadline = time.monotonic() + PROGRESS_S
+            while (info := client.model_info()).shadows.get("broken", {}).get("failed", 0) < len(users) + 2:
+                assert time.monotonic() < deadline, info.shadows
+                time.sleep(0.5)
+    finally:
+        serve.delete("seqctr_shadow")
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    expected = {"champion": offline_scores(checkpoints["a"], HISTORY, CANDIDATES)}
+    expected["challenger"] = offline_scores(checkpoints["b"], HISTORY, CANDIDATES)
+    assert [a.variant for a in answers] == route_users(users, {"champion": 0.5, "challenger": 0.5})
+    for answer in answers:  # every request answered by its variant's model, the shadow's failure unseen
+        np.testing.assert_allclose(answer.scores, expected[answer.variant], atol=1e-5)
+    assert again.variant == answers[0].variant
+    assert len({a.request_id for a in answers}) == len(users)
+    assert echoed.status_code == 200 and echoed.json()["request_id"] == "req-42"
+    assert {v.name: v.shadow for v in info.variants} == {"champion": False, "challenger": False, "broken": True}
+    assert info.shadows["broken"] == {"failed": len(users) + 2}
+
+
+def _stream(url: str, stop: threading.Event, results: list, offset: int) -> None:
+    with CTRClient(url, retries=0, timeout=60) as c:
+        k = offset
+        while not stop.is_set():
+            try:
+                results.append(c.score(HISTORY, CANDIDATES, user_id=USERS[k % len(USERS)]))
+            except Exception as err:  # noqa: BLE001 - any failure is what the test counts
+                results.append(err)
+            k += 7
+
+
+def test_on_serve_a_weight_change_is_a_user_config_change_with_no_failed_request(serve_port, checkpoints, tmp_path):
+    from seqctr.cli.serve import deploy, serve_args
+
+    a, b = str(checkpoints["a"]), str(checkpoints["b"])
+    config = tmp_path / "experiment.yaml"
+    variants = f"{{champion: {{model: '{a}', weight: 1}}, challenger: {{model: '{b}', weight: 0}}}}"
+    config.write_text(tiny_serving_config(*SERVE_SETTINGS, f"serve.variants={variants}").to_yaml())
+    args, _, cfg = serve_args(config, [])  # what `seqctr serve --config FILE` deploys
+    name, url = "seqctr_variants", f"http://127.0.0.1:{serve_port}"
+    started = deploy(args, model_user_config(cfg), name=name, port=serve_port, timeout_s=PROGRESS_S)
+    assert started["action"] == "started" and [v["weight"] for v in started["model"]["variants"]] == [1, 0]
+    loaded_at = {v["name"]: v["loaded_at"] for v in started["model"]["variants"]}
+
+    stop, results = threading.Event(), []
+    threads = [threading.Thread(target=_stream, args=(url, stop, results, k)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        while len(results) < 8:  # the stream is flowing before the change
+            threading.Event().wait(0.05)
+        swapped = model_user_config(cfg)  # the same args, another user_config: Serve reconfigures in place
+        swapped["variants"]["champion"]["weight"], swapped["variants"]["challenger"]["weight"] = 0, 1
+        changed = deploy(args, swapped, name=name, port=serve_port, timeout_s=PROGRESS_S)
+        after = len(results)
+        while len(results) < after + 8:
+            threading.Event().wait(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert not errors, errors[:3]
+    assert changed["action"] == "reloaded" and changed["model"]["last_reload"]["ok"] is True
+    assert {v["name"]: v["loaded_at"] for v in changed["model"]["variants"]} == loaded_at  # nothing reloaded
+    variants_seen = [r.variant for r in results]
+    assert variants_seen[:8] == ["champion"] * 8 and variants_seen[-1] == "challenger"
+    expected = {"champion": offline_scores(checkpoints["a"], HISTORY, CANDIDATES)}
+    expected["challenger"] = offline_scores(checkpoints["b"], HISTORY, CANDIDATES)
+    for r in results:  # every answer wholly its variant's
+        np.testing.assert_allclose(r.scores, expected[r.variant], atol=1e-5)
