@@ -124,8 +124,13 @@ def micro_step(
     device: torch.device,
     generator: torch.Generator,
     loss_scale: float = 1.0,
+    part: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Forward and backward of one micro-batch (augmentation, autocast); returns its mean loss, on device."""
+    """Forward and backward of one micro-batch (augmentation, autocast); returns its mean loss, on device.
+
+    `part=(rank, world)`: `batch` is the whole global micro-batch (train.sharding=replicate); it is
+    augmented whole, with the generator every rank seeds alike, and this rank keeps its slice, so the
+    step is the 1-worker step split across workers."""
     t = cfg.train
     inputs = to_model_inputs(batch)
     inputs["hist_idx"], inputs["hist_bucket"], inputs["hist_len"], inputs["hist_age"] = augment_history(
@@ -140,9 +145,14 @@ def micro_step(
         hist_age=inputs.get("hist_age"),
         age_drop_prob=t.age_drop_prob,
     )
+    labels = batch["label"]
+    if part is not None:
+        inputs = _rank_slice(inputs, *part)
+        lo, hi = _slice_bounds(labels.shape[0], *part)
+        labels = labels[lo:hi]
     with autocast(device):
         logits = model(inputs)
-    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
+    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
     (loss * loss_scale).backward()
     return loss.detach()
 
@@ -172,6 +182,20 @@ def train_step(
     return loss
 
 
+def _slice_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank's contiguous share [lo, hi) of n rows read by every worker (train.sharding=replicate)."""
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    if hi <= lo:  # a last batch smaller than the world: every rank still takes a step (DDP needs all of them)
+        lo = min(rank, n - 1)
+        hi = lo + 1
+    return lo, hi
+
+
+def _rank_slice(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
+    lo, hi = _slice_bounds(next(iter(batch.values())).shape[0], rank, world)
+    return {k: v[lo:hi] for k, v in batch.items()}
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -195,23 +219,31 @@ def train_epoch(
     micro = t.micro_batch_size
     total_loss = torch.zeros((), device=device)
     seen, start, pending = 0, time.perf_counter(), 0
+    world = ray.train.get_context().get_world_size() if t.sharding == "replicate" else 1
+    rank = ray.train.get_context().get_world_rank() if world > 1 else 0
     batches = shard.iter_torch_batches(
-        batch_size=micro,
+        # replicate: every worker reads the whole split in the same order, batches of all workers' micro
+        # batches, and keeps its own slice, so each step sees the samples the 1-worker run sees.
+        batch_size=micro * world,
         device=device,
         # Samples are stored oldest to newest: the shuffle buffer, not the micro-batch, decides how mixed
         # a batch is, so it holds as many samples at any worker count.
         local_shuffle_buffer_size=4 * t.batch_size,
         local_shuffle_seed=seed,
     )
+    part = (rank, world) if world > 1 else None
     marks = [(f, int(f * expected_samples)) for f in PROGRESS_FRACTIONS] if on_progress and expected_samples else []
     optimizer.zero_grad(set_to_none=True)
     for batch in batches:
         n = batch["label"].shape[0]
+        if part is not None:  # this rank's rows of the whole batch
+            lo, hi = _slice_bounds(n, *part)
+            n = hi - lo
         pending += 1
         last = pending == t.grad_accum_steps
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            loss = micro_step(model, batch, cfg, bucket_table, device, generator, 1.0 / t.grad_accum_steps)
+            loss = micro_step(model, batch, cfg, bucket_table, device, generator, 1.0 / t.grad_accum_steps, part)
         if last:
             optimizer_step(model, optimizer, cfg)
             pending = 0
@@ -284,7 +316,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # Dropout and augmentation draw from (seed, rank, epoch) alone, not from RNG state carried over from
         # earlier epochs, so a run restarted from a checkpoint replays the lost epoch exactly.
         torch.manual_seed(epoch_seed(cfg.train.seed, rank, epoch, stream=0))
-        generator.manual_seed(epoch_seed(cfg.train.seed, rank, epoch, stream=1))
+        # replicate: every rank augments the same whole batch alike (micro_step), so it seeds as rank 0.
+        aug_rank = 0 if cfg.train.sharding == "replicate" else rank
+        generator.manual_seed(epoch_seed(cfg.train.seed, aug_rank, epoch, stream=1))
 
         def on_progress(fraction: float, loss: float, rate: float, epoch: int = epoch) -> None:
             progress.say(f"[seqctr] epoch {epoch}: {fraction:4.0%} loss {loss:.4f} {rate * world:.0f} samples/s")

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from seqctr.platform.config import ExperimentConfig
@@ -153,7 +153,19 @@ def make_trainer(
             callbacks=callbacks,
         ),
         datasets=datasets,
+        dataset_config=_data_config(cfg),
     )
+
+
+def _data_config(cfg: ExperimentConfig) -> DataConfig | None:
+    """replicate: train is not split (each worker reads it whole and keeps its slice of every batch), and
+    its blocks arrive in their stored order (Ray Data's default lets whichever block is ready first come
+    first, so the epoch's order, and with it the model, would change with machine load)."""
+    if cfg.train.sharding != "replicate":
+        return None
+    ordered = DataConfig.default_ingest_options()
+    ordered.preserve_order = True
+    return DataConfig(datasets_to_split=["val"], execution_options={"train": ordered})
 
 
 def best_checkpoint_path(result: Any, run_dir: str) -> str:
