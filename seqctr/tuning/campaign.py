@@ -24,6 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from seqctr.platform.config import ConfigError, ExperimentConfig, config_from_dict
+from seqctr.platform.runtime import verbose
 from seqctr.platform.storage import (
     absolute,
     atomic_write_bytes,
@@ -215,7 +216,10 @@ def run_campaign(
                 search_alg=_searcher(cfg, concurrent),
                 scheduler=_scheduler(cfg),
             ),
-            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks),
+            # Tune's status table every 30 s only with --verbose: seqctr prints the trial table at the end.
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, callbacks=callbacks, verbose=2 if verbose() else 0
+            ),
         )
     results = tuner.fit()
     finished = results.num_terminated + results.num_errors
