@@ -75,6 +75,17 @@ def test_missing_user_id_is_random_and_points_are_uniform():
     assert np.histogram(hashed, bins=10, range=(0, 1))[0].min() > 900  # ~1000 a decile
 
 
+def test_the_request_paths_hash_is_hash64_bit_for_bit():
+    from seqctr.platform.model.features import hash64
+    from seqctr.serving.variants import ROUTE_SEED, hash64_one, user_point
+
+    ids = [*USERS, "", "é", "日本語のユーザー", "🙂" * 9, "x" * 8, "y" * 17]
+    with np.errstate(over="ignore"):
+        for seed in (0, ROUTE_SEED, shadow_seed("s")):
+            assert [hash64_one(u, seed) for u in ids] == hash64(ids, seed=seed).tolist()
+    assert [user_point(u) for u in USERS] == user_points(USERS).tolist()
+
+
 def test_table_route_equals_the_vectorised_split():
     specs = {"a": VariantSpec(model="x", weight=0.7), "b": VariantSpec(model="y", weight=0.3)}
     table = VariantTable.build([_variant(n, s) for n, s in specs.items()])
