@@ -201,7 +201,11 @@ def run_size(work: Path, events: int, items: int, text: str, base: str | None) -
         loaded = load_model(trained["best_checkpoint"])  # verifies every sha256, rebuilds the model
         ckpt = Path(trained["best_checkpoint"])
         tables = ckpt.parent / "tables"  # a shared text table, when the checkpoint references one
-        return {"rows": len(loaded.index), "bytes": folder_bytes(ckpt), "shared_table_bytes": folder_bytes(tables)}
+        return {
+            "index_rows": len(loaded.index),
+            "bytes": folder_bytes(ckpt),
+            "shared_table_bytes": folder_bytes(tables),
+        }
 
     def register() -> dict[str, Any]:
         registry = Registry(cfg.registry.root)
