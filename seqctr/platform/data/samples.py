@@ -6,7 +6,8 @@ and the item index (a timestamp sketch, the distinct item ids) and cut it into p
 stable hash of the user id. The driver merges the small summaries into the split boundaries, then
 one task per partition turns all its users' events into samples in one vectorised numpy call
 (`samples_from_events`) and writes its rows of each split as one Parquet file. The log is read once;
-the driver never holds it. Why not Ray Data's groupby here: on 1M events (2 cores) its fixed costs
+the driver never holds it; between the rounds it sits in the object store, as in any shuffle (Ray
+spills it to disk beyond the store's size). Why not Ray Data's groupby here: on 1M events (2 cores) its fixed costs
 (file listing, operator start-up, a second read pass for the scan, the partitioned write) were ~90% of
 the build, while the shuffle and the per-shard numpy were ~10% (see bench/build_speed.py --breakdown).
 `build_samples` keeps the Ray Data form (Dataset in, Dataset out) for callers that compose datasets.
