@@ -334,6 +334,13 @@ def score_jobs(model: CTRModel, jobs: list[Job], device: torch.device | str = "c
     return out
 
 
+def scored(result: tuple[np.ndarray, Any] | Exception) -> tuple[np.ndarray, Any]:
+    """One job's result of `CTRScorer._score_items`: its (probabilities, attention), or its model's error raised."""
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
 def build_response(model: ServingModel, job: Job, probs: np.ndarray, attention: Any) -> dict[str, Any]:
     """A ScoreResponse-shaped dict, candidates in request order."""
     scores = probs.tolist()  # Python floats in one call, shared by `scores` and the items
@@ -649,10 +656,11 @@ class CTRScorer:
             job.text = await self._embed_cold(current, job)
             times.stop("embed")
         if self._batched:
-            probs, attention = await self._score_batch((current, job))
+            probs, attention = scored(await self._score_batch((current, job)))
         else:
             self._batch_sizes[1] += 1
-            [(probs, attention)] = self._score_items([(current, job)])
+            [result] = self._score_items([(current, job)])
+            probs, attention = scored(result)
             times.stop("model")
         return build_response(current, job, probs, attention), job
 
@@ -685,9 +693,10 @@ class CTRScorer:
                 same_text = same_text and encoder_settings(model.config) == served.encoder
                 job.text = served.text if same_text else await self._embed_cold(model, job)
             if self._batched:
-                probs, _ = await self._score_batch((model, job))
+                probs, _ = scored(await self._score_batch((model, job)))
             else:
-                [(probs, _)] = self._score_items([(model, job)])
+                [result] = self._score_items([(model, job)])
+                probs, _ = scored(result)
             logger.info(shadow_record(served.request_id, body, variant, probs.tolist()))
             self._count_shadow(variant.name, "scored")
         except Exception as err:  # noqa: BLE001 - a shadow failure is logged, never a failed request
@@ -727,7 +736,7 @@ class CTRScorer:
         return None
 
     @serve.batch  # size and wait: set from serve: in __init__, never from here
-    async def _score_batch(self, items: list[tuple[ServingModel, Job]]) -> list[tuple[np.ndarray, Any]]:
+    async def _score_batch(self, items: list[tuple[ServingModel, Job]]) -> list[tuple[np.ndarray, Any] | Exception]:
         for _, job in items:
             job.times.stop("batch_wait")
         self._batch_sizes[len(items)] += 1  # on the event loop, where info() reads it
@@ -738,15 +747,20 @@ class CTRScorer:
             job.times.stop("model")
         return results
 
-    def _score_items(self, items: list[tuple[ServingModel, Job]]) -> list[tuple[np.ndarray, Any]]:
-        """Score a batch; during a hot swap a batch can hold two models, each scores its own jobs."""
+    def _score_items(self, items: list[tuple[ServingModel, Job]]) -> list[tuple[np.ndarray, Any] | Exception]:
+        """Score a batch; a batch can hold several models (a hot swap, variants, shadows), each scores its
+        own jobs. A model that raises gets its exception as its jobs' results (raised by `scored`), so a
+        broken shadow or challenger never fails the other requests of its batch."""
         results: list[Any] = [None] * len(items)
         groups: dict[int, list[int]] = {}
         for i, (model, _) in enumerate(items):
             groups.setdefault(id(model), []).append(i)
         for positions in groups.values():
             model = items[positions[0]][0]
-            scored = score_jobs(model.model, [items[i][1] for i in positions], self._device)
+            try:
+                scored: list[Any] = score_jobs(model.model, [items[i][1] for i in positions], self._device)
+            except Exception as err:  # noqa: BLE001 - handed to this model's callers only
+                scored = [err] * len(positions)
             for i, result in zip(positions, scored, strict=True):
                 results[i] = result
         return results

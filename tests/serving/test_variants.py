@@ -20,7 +20,7 @@ from serving_helpers import free_port, offline_scores, tiny_serving_config
 from seqctr.platform.config import ConfigError
 from seqctr.platform.model.predictor import load_model
 from seqctr.serving.app import model_user_config, variants_user_config
-from seqctr.serving.client import CTRClient
+from seqctr.serving.client import AsyncCTRClient, CTRClient
 from seqctr.serving.deployments import CTRScorer, ModelSpec
 from seqctr.serving.variants import VariantSpec, VariantTable, route_users, sampled, shadow_seed, user_points
 
@@ -217,6 +217,26 @@ def test_requests_go_to_their_users_variant_and_shadow_scores_are_logged(checkpo
     assert len(failures) == 40 and "request r-u0" in " ".join(failures)
 
 
+def test_a_model_that_raises_fails_only_its_own_jobs_of_a_batch(checkpoints, tmp_path):
+    """A batch holds the jobs of every variant and shadow; the broken model's error goes to its jobs alone."""
+    from seqctr.serving.deployments import prepare_job, scored
+
+    broken = broken_copy(checkpoints["a"], tmp_path)
+    scorer = scorer_with(
+        {"champion": {"model": str(checkpoints["a"])}, "broken": {"model": str(broken), "shadow": True}}
+    )
+    good, bad = scorer._variants.get("champion").model, scorer._variants.get("broken").model
+    body = {"history": HISTORY, "candidates": CANDIDATES}
+    results = scorer._score_items(
+        [(good, prepare_job(good, body)), (bad, prepare_job(bad, body)), (good, prepare_job(good, body))]
+    )
+    expected = offline_scores(checkpoints["a"], HISTORY, CANDIDATES)
+    for result in (results[0], results[2]):
+        np.testing.assert_allclose(scored(result)[0], expected, atol=1e-5)
+    with pytest.raises(RuntimeError, match="broken"):
+        scored(results[1])
+
+
 def test_weights_change_without_loading_and_a_failed_load_keeps_the_variant(checkpoints):
     scorer = scorer_with(
         {"champion": {"model": str(checkpoints["a"])}, "challenger": {"model": str(checkpoints["b"]), "weight": 0}}
@@ -279,6 +299,11 @@ def serve_port(ray_session):
     serve.shutdown()
 
 
+async def burst(url: str, users: list[str]) -> list:
+    async with AsyncCTRClient(url, retries=0, timeout=60) as c:
+        return await asyncio.gather(*(c.score(HISTORY, CANDIDATES, user_id=u) for u in users))
+
+
 def test_on_serve_the_variant_scores_and_a_raising_shadow_fails_no_request(serve_port, checkpoints, tmp_path):
     from ray import cloudpickle, serve
 
@@ -302,8 +327,8 @@ def test_on_serve_the_variant_scores_and_a_raising_shadow_fails_no_request(serve
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas unpickle raising_loader by value
     try:
         serve.run(app, name="seqctr_shadow", route_prefix="/")
+        answers = asyncio.run(burst(url, users))  # concurrent: shadow and served jobs share batches
         with CTRClient(url, retries=0) as client:
-            answers = [client.score(HISTORY, CANDIDATES, user_id=u) for u in users]
             again = client.score(HISTORY, CANDIDATES, user_id=users[0])
             echoed = httpx.post(
                 url + "/v1/score",
