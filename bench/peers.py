@@ -8,7 +8,7 @@ is generated and built into samples by seqctr itself (`build_and_write`); every 
 same train / val / test splits and the item table's categories:
   popularity    train-split CTR per item with a Beta prior (prior strength picked on val logloss)
   logreg        scikit-learn logistic regression on one-hot user id, target item id, target category
-                and bags of the history's items and categories (C picked on val AUC)
+                and bags of the history's items and categories (L2 picked on val AUC)
   logreg_cross  the same + target category x history categories (the cross a wide model is given)
   wdl           DeepCTR-Torch wide & deep on user id, item id, item category (no history)
   din           DeepCTR-Torch DIN: the same + target attention over the history's items and categories
@@ -97,11 +97,14 @@ class Features:
 
 
 def read_split(samples_dir: str, split: str) -> pa.Table:
-    import ray
+    """One split of a finished samples folder, read here with pyarrow (no Ray tasks: it fits in memory)."""
+    from seqctr.platform.data.contract import list_parquet_files, open_parquet
+    from seqctr.platform.data.samples import SUCCESS_FILE
+    from seqctr.platform.storage import is_file, join
 
-    from seqctr.platform.data.samples import read_samples
-
-    return pa.concat_tables(ray.get(read_samples(samples_dir, split).to_arrow_refs()))
+    if not is_file(join(samples_dir, SUCCESS_FILE)):
+        raise FileNotFoundError(f"{samples_dir}: not a finished samples folder (no {SUCCESS_FILE})")
+    return pa.concat_tables(open_parquet(f).read() for f in list_parquet_files(join(samples_dir, split)))
 
 
 def read_items(items_path: str) -> tuple[pa.Array, pa.Array]:
@@ -201,17 +204,19 @@ def sparse_design(f: Features, s: Split, cross: bool) -> Any:
 
 
 def logreg(f: Features, budget: dict[str, Any], cross: bool = False) -> np.ndarray:
-    """scikit-learn's LogisticRegression (lbfgs) on the sparse design; C picked on val AUC."""
+    """scikit-learn's LogisticRegression (lbfgs) on the sparse design; its L2 strength per train sample
+    (C = 1 / (l2 * rows), so the grid means the same at every log size) picked on val AUC."""
     from sklearn.linear_model import LogisticRegression
 
     from seqctr.platform.model.metrics import auc
 
     x = {name: sparse_design(f, s, cross) for name, s in f.splits.items()}
     best, best_auc = None, -1.0
-    for c in budget["lr_c"]:
+    for l2 in budget["l2_per_sample"]:
+        c = 1.0 / (l2 * len(f.splits["train"]))
         fit = LogisticRegression(C=c, max_iter=300).fit(x["train"], f.splits["train"].label)
         val_auc = auc(f.splits["val"].label, fit.decision_function(x["val"]))
-        log(f"logreg cross={cross} C={c}: val AUC {val_auc:.4f}")
+        log(f"logreg cross={cross} l2={l2} (C={c:.3g}): val AUC {val_auc:.4f}")
         if val_auc > best_auc:
             best, best_auc = fit, val_auc
     return best.predict_proba(x["test"])[:, 1]
@@ -330,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--events", type=int, default=None, help="synthetic events (default: the config's)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     parser.add_argument("--work-dir", default=None, help="default: a temp dir; reuses data built there")
-    parser.add_argument("--quick", action="store_true", help=f"toy sizes: {QUICK_EVENTS} events, 1 epoch, one C")
+    parser.add_argument("--quick", action="store_true", help=f"toy sizes: {QUICK_EVENTS} events, 1 epoch, one L2")
     args = parser.parse_args(argv)
     models = args.models.split(",")
     unknown = sorted(set(models) - set(MODELS))
@@ -372,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "epochs": cfg.train.epochs,
         "patience": cfg.train.patience,
         "seed": cfg.train.seed,
-        "lr_c": (0.1,) if args.quick else (0.03, 0.3, 3.0),
+        "l2_per_sample": (1e-3,) if args.quick else (1e-4, 1e-3, 1e-2),
     }
     # The peers get the threads one seqctr training worker gets.
     torch.set_num_threads(max(1, cfg.train.torch_threads or int(cfg.train.cpus_per_worker)))
