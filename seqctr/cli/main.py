@@ -1,7 +1,7 @@
 """The one entry point: `seqctr config|data|embed|train|evaluate|tune|models|serve|score|submit|demo`.
 
     seqctr data generate --out work/data           # synthetic log with known truth
-    seqctr data build --events work/data/events    # samples via Ray Data
+    seqctr data build --events work/data/events    # samples via Ray tasks
     seqctr embed --items work/data/items           # BERT item embeddings via Ray Data
     seqctr train --config configs/default.yaml --set train.epochs=3
 
@@ -160,7 +160,7 @@ def data_build(
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,
 ) -> None:
-    """Build time-ordered samples (history, target, label) and train/val/test splits with Ray Data."""
+    """Build time-ordered samples (history, target, label) and train/val/test splits with Ray tasks."""
     from seqctr.platform.data.samples import build_and_write
 
     cfg = get_config(config, set_)
