@@ -8,7 +8,8 @@ embedded once; every measurement trains the same model on the first N train samp
   `get_dataset_shard` + `iter_torch_batches` with a local shuffle), augmentation from the config;
 - `bare`: the same samples already encoded and held in memory as tensors, the same model, batch
   size, augmentation and thread count, a plain `for` loop in this process;
-- `ray_2w`: 2 workers of 1 CPU each (DDP over gloo) against `ray_1w` with 1 thread.
+- `ray_2w`: 2 workers of 1 CPU each (DDP over gloo) against `ray_1w` with 1 thread;
+- `replicate_*`: the same 1 vs 2 workers with train.sharding=replicate (the same steps at any worker count).
 samples/s are training-step throughput (the worker's epoch loop, val excluded). Prints JSON with
 both rates and the ratios; the issue's bar is ray_1w / bare >= 0.8.
 """
@@ -173,6 +174,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ray_2w = ray_epoch(cfg, assets, train_ds, val_ds, workers=2, threads=1)
     ray_1w_1t = ray_1w if threads == 1 else ray_epoch(cfg, assets, train_ds, val_ds, workers=1, threads=1)
     log(f"ray 2 workers: {ray_2w}")
+    # train.sharding=replicate: both workers read the split in the 1-worker order (same steps, same model)
+    replicated = cfg.with_overrides({"train.sharding": "replicate"})
+    rep_1w = ray_epoch(replicated, assets, train_ds, val_ds, workers=1, threads=1)
+    rep_2w = ray_epoch(replicated, assets, train_ds, val_ds, workers=2, threads=1)
+    log(f"replicate: 1 worker {rep_1w}, 2 workers {rep_2w}")
 
     by_size = {}
     for size in sizes:
@@ -191,6 +197,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ray_over_bare": round(ray_1w["samples_per_s"] / bare["samples_per_s"], 3),
         "ray_2_workers": ray_2w,
         "two_over_one_worker": round(ray_2w["samples_per_s"] / ray_1w_1t["samples_per_s"], 3),
+        "val_auc_2w_minus_1w": round(ray_2w["val_auc"] - ray_1w_1t["val_auc"], 4),
+        "replicate_1_worker": rep_1w,
+        "replicate_2_workers": rep_2w,
+        "replicate_two_over_one_worker": round(rep_2w["samples_per_s"] / rep_1w["samples_per_s"], 3),
+        "replicate_val_auc_2w_minus_1w": round(rep_2w["val_auc"] - rep_1w["val_auc"], 4),
         "epoch_by_size": {
             n: {
                 **r,
