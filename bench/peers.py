@@ -20,8 +20,22 @@ Seconds are each model's fit + scoring wall time on this machine (seqctr: `run_t
 item text embeddings computed before the clock starts). Lift = (AUC - 0.5) / (oracle - 0.5), the
 oracle being the AUC of the log's own p_true on the test split. Writes peers.json in the work dir.
 
-Measured on 2 shared CPUs, default config (300k events, 2k users, 2k items, 20 categories):
-(see the table below, filled in by the run recorded in issue #15)
+Measured 2026-12-02 on the 2-CPU dev box shared with other jobs (load average 20-50, so seconds are
+inflated several-fold; 4.6 CPU-minutes in 20 min of wall time), default config, synthetic log
+(300k events, 2k users, 2k items, 20 categories; train/val/test = 240014/30029/29957), 3 epochs:
+    .venv/bin/python bench/peers.py --config configs/default.yaml --work-dir /tmp/peers-run/w300k
+oracle AUC (p_true, test split) 0.8820
+model          test AUC    GAUC  logloss   lift     sec
+popularity       0.5590  0.5486   0.5721  0.154     0.0
+logreg           0.5804  0.5575   0.5694  0.210     4.1   (best L2 1e-4; 1.4e-5 was worse on val)
+logreg_cross     0.7981  0.7567   0.4684  0.780     4.2
+wdl              0.6854  0.6460   0.5618  0.485    27.2   (val AUC still rising at epoch 3)
+din              0.7809  0.7574   0.4665  0.735   495.5
+seqctr           0.8458  0.8260   0.3946  0.905   462.8
+(logreg rows: `--models popularity,logreg,logreg_cross` on the same folder after the L2 grid was
+rescaled per sample; the first run's C grid gave 0.5808 / 0.7991.) seqctr leads DIN by 0.065 AUC
+and the best peer (logreg_cross) by 0.048; the synthetic log rewards histories, which is why WDL
+(no history) trails. On a real log the order may differ (issue #15).
 """
 
 from __future__ import annotations
@@ -399,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"{rows[-1]}")
     s = cfg.data.synthetic
     header = (
-        f"{args.config} {' '.join(args.overrides)}: {s.events} events, {s.users} users, {s.items} items, "
+        f"{' '.join([args.config, *args.overrides])}: {s.events} events, {s.users} users, {s.items} items, "
         f"{s.categories} categories; train/val/test = {counts['train']}/{counts['val']}/{counts['test']}"
     )
     print_table(rows, oracle, header)
