@@ -242,6 +242,14 @@ class ServeConfig(_Section):
     max_queued_requests: int = Field(
         64, ge=-1, description="Requests queued for a busy scorer before a fast 503; -1 = unbounded."
     )
+    impressions: str = Field(
+        "", description="Impression log folder or URI: served and shadow scores as Parquet; empty = off."
+    )
+    impressions_flush_rows: int = Field(10_000, ge=1, description="Impression log: rows per Parquet file.")
+    impressions_flush_s: float = Field(10.0, gt=0, description="Impression log: longest a row waits to be written.")
+    impressions_max_rows: int = Field(
+        100_000, ge=1, description="Impression log: most rows held in memory per replica (more are dropped)."
+    )
     variants: dict[str, VariantConfig] = Field(
         default_factory=dict,
         description="Champion/challenger: name -> {model, weight, shadow} (or a list of {name, ...}); users "

@@ -57,6 +57,7 @@ from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, enco
 from seqctr.platform.model.predictor import load_model
 from seqctr.platform.registry import SCHEME as REGISTRY_SCHEME
 from seqctr.platform.runs import resolve_latest
+from seqctr.serving.impressions import ImpressionLog
 from seqctr.serving.telemetry import ServingMetrics, StageTimes
 from seqctr.serving.variants import Variant, VariantSpec, VariantTable, check_variants, shadow_record
 
@@ -228,6 +229,7 @@ class Job:
     text: np.ndarray | None = None  # (len(cold), Dt) once embedded
     times: StageTimes = field(default_factory=StageTimes)  # per-stage milliseconds (telemetry.py)
     variant: str | None = None  # the serve.variants name that scores it (None: the single model)
+    user_id: str | None = None
     request_id: str = ""
     payload: dict[str, Any] | None = None  # kept only when shadows will score the request too
     shadows: list[Variant] = field(default_factory=list)
@@ -489,6 +491,17 @@ class CTRScorer:
         self._shadow_tasks: set[asyncio.Task] = set()  # held so they are not collected mid-flight
         self._max_shadow_tasks = 4 * self._cfg.serve.max_batch_size  # beyond this, a shadow is skipped
         self._shadow_counts: dict[str, Counter[str]] = {}  # variant -> outcome -> count, for info()
+        serve_cfg = self._cfg.serve
+        self._impressions = (
+            ImpressionLog(
+                serve_cfg.impressions,
+                serve_cfg.impressions_flush_rows,
+                serve_cfg.impressions_flush_s,
+                serve_cfg.impressions_max_rows,
+            )
+            if serve_cfg.impressions
+            else None
+        )
         self._last_reload: dict[str, Any] | None = None
         self._reload_lock = asyncio.Lock()
         self._warming: asyncio.Future | None = None
@@ -621,6 +634,7 @@ class CTRScorer:
         table = self._variants
         out["variants"] = [v.describe() for v in table] if table is not None else None
         out["shadows"] = {name: dict(counts) for name, counts in sorted(self._shadow_counts.items())}
+        out["impressions"] = self._impressions.stats() if self._impressions is not None else None
         return out
 
     # -- scoring
@@ -646,6 +660,7 @@ class CTRScorer:
         job = prepare_job(current, payload)
         job.times = times
         job.request_id = payload.get("request_id") or uuid.uuid4().hex
+        job.user_id = payload.get("user_id")
         if variant is not None:
             job.variant = variant.name
             job.shadows = table.shadows_for(payload.get("user_id"))
@@ -668,6 +683,11 @@ class CTRScorer:
         """Export a finished request's stage times and candidate sources (a no-op outside a replica)."""
         if self._metrics is not None:
             self._metrics.record_request(job.times, job.sources, body["model"], body["version"], job.variant)
+        if self._impressions is not None:
+            items = [item["item_id"] for item in body["items"]]
+            self._impressions.add(
+                job.request_id, job.user_id, job.variant or "", body["version"], "served", items, body["scores"]
+            )
         if job.shadows:
             self._start_shadows(job, body)
 
@@ -697,13 +717,32 @@ class CTRScorer:
             else:
                 [result] = self._score_items([(model, job)])
                 probs, _ = scored(result)
-            logger.info(shadow_record(served.request_id, body, variant, probs.tolist()))
+            scores = probs.tolist()
+            logger.info(shadow_record(served.request_id, body, variant, scores))
+            if self._impressions is not None:
+                self._impressions.add(
+                    served.request_id, served.user_id, variant.name, model.version, "shadow", job.candidates, scores
+                )
             self._count_shadow(variant.name, "scored")
         except Exception as err:  # noqa: BLE001 - a shadow failure is logged, never a failed request
             logger.warning(
                 "shadow %s failed on request %s: %s: %s", variant.name, served.request_id, type(err).__name__, err
             )
             self._count_shadow(variant.name, "failed")
+
+    def close_impressions(self) -> None:
+        """Write the impression log's buffered rows and wait for them (replica shutdown; tests)."""
+        log = getattr(self, "_impressions", None)  # None too when __init__ stopped before creating it
+        if log is not None:
+            self._impressions = None
+            log.close()
+
+    def __del__(self) -> None:
+        # Serve calls __del__ when it shuts a replica down: the buffered impressions are written first.
+        try:
+            self.close_impressions()
+        except Exception as err:  # noqa: BLE001 - shutdown goes on; the rows are lost and said so
+            logger.error("impression log: final write failed: %s", err)
 
     async def shadows_done(self) -> None:
         """Wait for the shadow scorings in flight (a drain before shutdown; tests of the plain class)."""

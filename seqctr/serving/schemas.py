@@ -221,6 +221,10 @@ class ModelInfo(BaseModel):
         default_factory=dict,
         description="Shadow scorings this replica ran since it started: variant -> scored | failed | skipped -> count.",
     )
+    impressions: dict[str, Any] | None = Field(
+        None,
+        description="With serve.impressions: this replica's log (root, buffered, written, files, dropped, errors).",
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -315,8 +315,9 @@ def test_on_serve_the_variant_scores_and_a_raising_shadow_fails_no_request(serve
         "challenger": {"model": str(checkpoints["b"]), "weight": 0.5},
         "broken": {"model": str(broken), "shadow": True, "weight": 1.0},
     }
+    log = tmp_path / "impressions"  # one file per request (4 candidates)
     app = make_app(
-        tiny_serving_config(*SERVE_SETTINGS),
+        tiny_serving_config(*SERVE_SETTINGS, f"serve.impressions={log}", "serve.impressions_flush_rows=4"),
         loader=raising_loader,
         scorer_cpus=0.5,
         encoder_cpus=0.25,
@@ -337,8 +338,10 @@ def test_on_serve_the_variant_scores_and_a_raising_shadow_fails_no_request(serve
                 timeout=30,
             )
             deadline = time.monotonic() + PROGRESS_S
-            while (info := client.model_info()).shadows.get("broken", {}).get("failed", 0) < len(users) + 2:
-                assert time.monotonic() < deadline, info.shadows
+            while (info := client.model_info()).shadows.get("broken", {}).get("failed", 0) < len(users) + 2 or (
+                info.impressions["written"] < 4 * (len(users) + 2)
+            ):
+                assert time.monotonic() < deadline, (info.shadows, info.impressions)
                 time.sleep(0.5)
     finally:
         serve.delete("seqctr_shadow")
@@ -353,6 +356,10 @@ def test_on_serve_the_variant_scores_and_a_raising_shadow_fails_no_request(serve
     assert echoed.status_code == 200 and echoed.json()["request_id"] == "req-42"
     assert {v.name: v.shadow for v in info.variants} == {"champion": False, "challenger": False, "broken": True}
     assert info.shadows["broken"] == {"failed": len(users) + 2}
+    logged = read_log(str(log)).to_pylist()  # served rows only: the shadow never scored
+    assert {r["role"] for r in logged} == {"served"} and len(logged) == 4 * (len(users) + 2)
+    assert {r["request_id"] for r in logged} == {a.request_id for a in [*answers, again]} | {"req-42"}
+    assert {(r["request_id"], r["variant"]) for r in logged} >= {(a.request_id, a.variant) for a in answers}
 
 
 def _stream(url: str, stop: threading.Event, results: list, offset: int) -> None:
@@ -406,3 +413,82 @@ def test_on_serve_a_weight_change_is_a_user_config_change_with_no_failed_request
     expected["challenger"] = offline_scores(checkpoints["b"], HISTORY, CANDIDATES)
     for r in results:  # every answer wholly its variant's
         np.testing.assert_allclose(r.scores, expected[r.variant], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the impression log
+
+
+def read_log(root: str):
+    import pyarrow.dataset as ds
+
+    return (
+        ds.dataset(root, format="parquet").to_table().sort_by([("logged_at", "ascending"), ("position", "ascending")])
+    )
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_impression_log_round_trips_in_files_of_flush_rows(where, tmp_path, request):
+    from seqctr.serving.impressions import ImpressionLog
+
+    root = str(tmp_path / "log") if where == "local" else request.getfixturevalue("s3_root") + "/impressions"
+    log = ImpressionLog(root, flush_rows=6, flush_s=3600, max_rows=1000)
+    sent = {}
+    for k in range(5):  # 3 candidates each: a file every 2 requests, the last one written by close()
+        items, scores = [f"i{k}", f"i{k + 1}", "new"], [0.1 * k, 0.2, 0.3]
+        log.add(f"r{k}", f"u{k}" if k else None, "champion", "v0001", "served", items, scores)
+        for pos, (item, score) in enumerate(zip(items, scores, strict=True)):
+            sent[(f"r{k}", item)] = (f"u{k}" if k else None, pos, pytest.approx(score, abs=1e-6))
+    log.close()
+    stats = log.stats()
+    assert (stats["buffered"], stats["written"], stats["files"], stats["dropped"], stats["errors"]) == (0, 15, 3, 0, [])
+    table = read_log(root)
+    got = {(r["request_id"], r["item_id"]): (r["user_id"], r["position"], r["score"]) for r in table.to_pylist()}
+    assert table.num_rows == 15 and got == sent
+    assert set(table["variant"].to_pylist()) == {"champion"} and set(table["role"].to_pylist()) == {"served"}
+
+
+def test_impression_log_memory_is_bounded(tmp_path):
+    from seqctr.serving.impressions import ImpressionLog
+
+    log = ImpressionLog(str(tmp_path / "log"), flush_rows=8, flush_s=3600, max_rows=8)
+    log.add("r1", "u1", "a", "v1", "served", ["i1"] * 5, [0.5] * 5)
+    log.add("r2", "u2", "a", "v1", "served", ["i1"] * 5, [0.5] * 5)  # 5 + 5 > 8: dropped, not queued
+    assert log.stats()["buffered"] == 5 and log.stats()["dropped"] == 5
+    log.close()
+    assert read_log(str(tmp_path / "log")).num_rows == 5
+
+
+def test_scorer_logs_served_and_shadow_scores_with_their_request_ids(checkpoints, tmp_path):
+    root = str(tmp_path / "impressions")
+    scorer = CTRScorer(tiny_serving_config(f"serve.impressions={root}"), None, raising_loader, torch_threads=0)
+    variants = {
+        "champion": {"model": str(checkpoints["a"]), "weight": 0.5},
+        "challenger": {"model": str(checkpoints["b"]), "weight": 0.5},
+        "mirror": {"model": str(checkpoints["b"]), "shadow": True, "weight": 1.0},
+    }
+    run(scorer.reconfigure({"variants": variants}))
+    users = USERS[:10]
+
+    async def requests():
+        for user in users:
+            await scorer.score(
+                {"user_id": user, "history": HISTORY, "candidates": CANDIDATES, "request_id": f"r-{user}"}
+            )
+            await scorer.shadows_done()
+
+    run(requests())
+    scorer.close_impressions()
+    table = read_log(root).to_pylist()
+    served = {(r["request_id"], r["item_id"]): r for r in table if r["role"] == "served"}
+    shadow = {(r["request_id"], r["item_id"]): r for r in table if r["role"] == "shadow"}
+    assert served.keys() == shadow.keys() == {(f"r-{u}", c) for u in users for c in CANDIDATES}
+    routed = dict(zip(users, route_users(users, {"champion": 0.5, "challenger": 0.5}), strict=True))
+    expected = {"champion": offline_scores(checkpoints["a"], HISTORY, CANDIDATES)}
+    expected["challenger"] = expected["mirror"] = offline_scores(checkpoints["b"], HISTORY, CANDIDATES)
+    for rows in (served, shadow):
+        for row in rows.values():
+            assert row["user_id"] == row["request_id"][2:]
+            if row["role"] == "served":
+                assert row["variant"] == routed[row["user_id"]]
+            assert row["score"] == pytest.approx(float(expected[row["variant"]][row["position"]]), abs=1e-5)
+    assert {r["variant"] for r in shadow.values()} == {"mirror"}
