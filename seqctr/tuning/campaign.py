@@ -13,6 +13,7 @@ only when it beats the current production.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,10 @@ def run_campaign(
                 name=name, storage_path=storage, callbacks=callbacks, verbose=2 if verbose() else 0
             ),
         )
+    if not verbose():
+        # Tune's newer console output prints its experiment banner even at verbose=0; its classic
+        # reporter is silent at 0 (read by this driver only).
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     results = tuner.fit()
     finished = results.num_terminated + results.num_errors
     if finished < len(results) or len(results) < num_samples and not resume:
