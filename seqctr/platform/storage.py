@@ -210,4 +210,3 @@ def output_dir(final: str | os.PathLike, marker: str) -> Iterator[str]:
         with contextlib.suppress(OSError):
             fs.delete_dir_contents(inner, missing_dir_ok=True)
         raise
-
