@@ -99,8 +99,14 @@ def test_score_against_a_dead_port_names_the_url_and_suggests_serve():
 def test_sigterm_stops_the_foreground_server_as_ctrl_c_does(signum, name):
     shutdowns: list[str] = []
     before = signal.getsignal(signal.SIGTERM)
-    threading.Timer(0.2, os.kill, args=(os.getpid(), signum)).start()
-    stopped_by = serve_until_stopped(lambda: shutdowns.append("serve.shutdown"), poll_s=30)
+    # Python's own Ctrl-C handler, as in a terminal: a process started in the background by a shell
+    # (a CI runner, nohup) inherits SIGINT ignored, and the signal would never arrive.
+    sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.2, os.kill, args=(os.getpid(), signum)).start()
+        stopped_by = serve_until_stopped(lambda: shutdowns.append("serve.shutdown"), poll_s=30)
+    finally:
+        signal.signal(signal.SIGINT, sigint)
     assert stopped_by == name
     assert shutdowns == ["serve.shutdown"]
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
