@@ -9,8 +9,10 @@ test split, writes a report beside the run and moves the `latest` pointer to it 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -60,6 +62,25 @@ def make_datasets(cfg: ExperimentConfig, index_data: bytes) -> dict[str, ray.dat
     speed; a campaign's trials share the same materialised blocks. `train.max_train_samples` keeps the
     first N train samples (val is always whole, so runs stay comparable).
     """
+    with _block_order_kept(cfg.train.sharding == "replicate"):
+        return _encoded_splits(cfg, index_data)
+
+
+@contextlib.contextmanager
+def _block_order_kept(ordered: bool) -> Iterator[None]:
+    """train.sharding=replicate: datasets built here keep their blocks in input order (by default Ray
+    Data stores whichever block finished first, so the epoch's order would change run to run). Set on
+    the current DataContext while they are built and materialised."""
+    options = ray.data.DataContext.get_current().execution_options
+    before = options.preserve_order
+    options.preserve_order = before or ordered
+    try:
+        yield
+    finally:
+        options.preserve_order = before
+
+
+def _encoded_splits(cfg: ExperimentConfig, index_data: bytes) -> dict[str, ray.data.Dataset]:
     datasets = {}
     for split in ("train", "val"):
         samples = read_samples(cfg.data.samples, split)

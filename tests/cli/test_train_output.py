@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,10 @@ RAY_NOISE = re.compile(
 
 
 def seqctr(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", str(cwd / "ray"))}
+    # Its own Ray temp folder, short: Ray's socket paths must stay under 108 bytes (AF_UNIX), which a
+    # pytest tmp_path plus Ray's session folder names exceed.
+    ray_tmp = os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="seqctr-ray-", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)  # its own local Ray, like a user's first run
     cmd = [sys.executable, "-m", "seqctr.cli", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)

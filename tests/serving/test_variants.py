@@ -146,6 +146,138 @@ def test_a_user_config_with_zero_weights_is_refused_naming_serve_variants():
 # ----------------------------------------------------------------------------- one scorer, several models
 
 
+# The two tests on Ray Serve run before the in-process CTRScorer tests below. Run after them, in one
+# full-module run in CI, the first deploy failed to pickle the deployment class ("cannot pickle
+# '_asyncio.Task'"): the in-process tests drive the scorer's @serve.batch methods in this process.
+
+
+async def burst(url: str, users: list[str]) -> list:
+    async with AsyncCTRClient(url, retries=0, timeout=60) as c:
+        return await asyncio.gather(*(c.score(HISTORY, CANDIDATES, user_id=u) for u in users))
+
+
+def test_on_serve_the_variant_scores_and_a_raising_shadow_fails_no_request(serve_port, checkpoints, tmp_path):
+    from ray import cloudpickle, serve
+
+    from seqctr.serving.app import make_app
+
+    broken = broken_copy(checkpoints["a"], tmp_path)
+    variants = {
+        "champion": {"model": str(checkpoints["a"]), "weight": 0.5},
+        "challenger": {"model": str(checkpoints["b"]), "weight": 0.5},
+        "broken": {"model": str(broken), "shadow": True, "weight": 1.0},
+    }
+    log = tmp_path / "impressions"  # one file per request (4 candidates)
+    app = make_app(
+        tiny_serving_config(*SERVE_SETTINGS, f"serve.impressions={log}", "serve.impressions_flush_rows=4"),
+        loader=raising_loader,
+        scorer_cpus=0.5,
+        encoder_cpus=0.25,
+        user_config={"variants": variants},
+    )
+    users = USERS[:30]
+    url = f"http://127.0.0.1:{serve_port}"
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas unpickle raising_loader by value
+    try:
+        serve.run(app, name="seqctr_shadow", route_prefix="/")
+        answers = asyncio.run(burst(url, users))  # concurrent: shadow and served jobs share batches
+        with CTRClient(url, retries=0) as client:
+            again = client.score(HISTORY, CANDIDATES, user_id=users[0])
+            echoed = httpx.post(
+                url + "/v1/score",
+                json={"user_id": "u1", "history": HISTORY, "candidates": CANDIDATES},
+                headers={"X-Request-ID": "req-42"},
+                timeout=30,
+            )
+            deadline = time.monotonic() + PROGRESS_S
+            while (info := client.model_info()).shadows.get("broken", {}).get("failed", 0) < len(users) + 2 or (
+                info.impressions["written"] < 4 * (len(users) + 2)
+            ):
+                assert time.monotonic() < deadline, (info.shadows, info.impressions)
+                time.sleep(0.5)
+    finally:
+        serve.delete("seqctr_shadow")
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    expected = {"champion": offline_scores(checkpoints["a"], HISTORY, CANDIDATES)}
+    expected["challenger"] = offline_scores(checkpoints["b"], HISTORY, CANDIDATES)
+    assert [a.variant for a in answers] == route_users(users, {"champion": 0.5, "challenger": 0.5})
+    for answer in answers:  # every request answered by its variant's model, the shadow's failure unseen
+        np.testing.assert_allclose(answer.scores, expected[answer.variant], atol=1e-5)
+    assert again.variant == answers[0].variant
+    assert len({a.request_id for a in answers}) == len(users)
+    assert echoed.status_code == 200 and echoed.json()["request_id"] == "req-42"
+    assert {v.name: v.shadow for v in info.variants} == {"champion": False, "challenger": False, "broken": True}
+    assert info.shadows["broken"] == {"failed": len(users) + 2}
+    logged = read_log(str(log)).to_pylist()  # served rows only: the shadow never scored
+    assert {r["role"] for r in logged} == {"served"} and len(logged) == 4 * (len(users) + 2)
+    assert {r["request_id"] for r in logged} == {a.request_id for a in [*answers, again]} | {"req-42"}
+    assert {(r["request_id"], r["variant"]) for r in logged} >= {(a.request_id, a.variant) for a in answers}
+
+
+def _stream(url: str, stop: threading.Event, results: list, offset: int) -> None:
+    with CTRClient(url, retries=0, timeout=60) as c:
+        k = offset
+        while not stop.is_set():
+            try:
+                results.append(c.score(HISTORY, CANDIDATES, user_id=USERS[k % len(USERS)]))
+            except Exception as err:  # noqa: BLE001 - any failure is what the test counts
+                results.append(err)
+            k += 7
+
+
+def test_on_serve_a_weight_change_is_a_user_config_change_with_no_failed_request(serve_port, checkpoints, tmp_path):
+    from seqctr.cli.serve import deploy, serve_args
+
+    a, b = str(checkpoints["a"]), str(checkpoints["b"])
+    config = tmp_path / "experiment.yaml"
+    variants = f"{{champion: {{model: '{a}', weight: 1}}, challenger: {{model: '{b}', weight: 0}}}}"
+    config.write_text(tiny_serving_config(*SERVE_SETTINGS, f"serve.variants={variants}").to_yaml())
+    args, _, cfg = serve_args(config, [])  # what `seqctr serve --config FILE` deploys
+    name, url = "seqctr_variants", f"http://127.0.0.1:{serve_port}"
+    started = deploy(args, model_user_config(cfg), name=name, port=serve_port, timeout_s=PROGRESS_S)
+    assert started["action"] == "started" and [v["weight"] for v in started["model"]["variants"]] == [1, 0]
+    loaded_at = {v["name"]: v["loaded_at"] for v in started["model"]["variants"]}
+
+    stop, results = threading.Event(), []
+    threads = [threading.Thread(target=_stream, args=(url, stop, results, k)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        while len(results) < 8:  # the stream is flowing before the change
+            threading.Event().wait(0.05)
+        swapped = model_user_config(cfg)  # the same args, another user_config: Serve reconfigures in place
+        swapped["variants"]["champion"]["weight"], swapped["variants"]["challenger"]["weight"] = 0, 1
+        changed = deploy(args, swapped, name=name, port=serve_port, timeout_s=PROGRESS_S)
+        after = len(results)
+        while len(results) < after + 8:
+            threading.Event().wait(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert not errors, errors[:3]
+    assert changed["action"] == "reloaded" and changed["model"]["last_reload"]["ok"] is True
+    assert {v["name"]: v["loaded_at"] for v in changed["model"]["variants"]} == loaded_at  # nothing reloaded
+    variants_seen = [r.variant for r in results]
+    assert variants_seen[:8] == ["champion"] * 8 and variants_seen[-1] == "challenger"
+    expected = {"champion": offline_scores(checkpoints["a"], HISTORY, CANDIDATES)}
+    expected["challenger"] = offline_scores(checkpoints["b"], HISTORY, CANDIDATES)
+    for r in results:  # every answer wholly its variant's
+        np.testing.assert_allclose(r.scores, expected[r.variant], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the impression log
+
+
+def read_log(root: str):
+    import pyarrow.dataset as ds
+
+    return (
+        ds.dataset(root, format="parquet").to_table().sort_by([("logged_at", "ascending"), ("position", "ascending")])
+    )
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -297,133 +429,6 @@ def serve_port(ray_session):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
     serve.shutdown()
-
-
-async def burst(url: str, users: list[str]) -> list:
-    async with AsyncCTRClient(url, retries=0, timeout=60) as c:
-        return await asyncio.gather(*(c.score(HISTORY, CANDIDATES, user_id=u) for u in users))
-
-
-def test_on_serve_the_variant_scores_and_a_raising_shadow_fails_no_request(serve_port, checkpoints, tmp_path):
-    from ray import cloudpickle, serve
-
-    from seqctr.serving.app import make_app
-
-    broken = broken_copy(checkpoints["a"], tmp_path)
-    variants = {
-        "champion": {"model": str(checkpoints["a"]), "weight": 0.5},
-        "challenger": {"model": str(checkpoints["b"]), "weight": 0.5},
-        "broken": {"model": str(broken), "shadow": True, "weight": 1.0},
-    }
-    log = tmp_path / "impressions"  # one file per request (4 candidates)
-    app = make_app(
-        tiny_serving_config(*SERVE_SETTINGS, f"serve.impressions={log}", "serve.impressions_flush_rows=4"),
-        loader=raising_loader,
-        scorer_cpus=0.5,
-        encoder_cpus=0.25,
-        user_config={"variants": variants},
-    )
-    users = USERS[:30]
-    url = f"http://127.0.0.1:{serve_port}"
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas unpickle raising_loader by value
-    try:
-        serve.run(app, name="seqctr_shadow", route_prefix="/")
-        answers = asyncio.run(burst(url, users))  # concurrent: shadow and served jobs share batches
-        with CTRClient(url, retries=0) as client:
-            again = client.score(HISTORY, CANDIDATES, user_id=users[0])
-            echoed = httpx.post(
-                url + "/v1/score",
-                json={"user_id": "u1", "history": HISTORY, "candidates": CANDIDATES},
-                headers={"X-Request-ID": "req-42"},
-                timeout=30,
-            )
-            deadline = time.monotonic() + PROGRESS_S
-            while (info := client.model_info()).shadows.get("broken", {}).get("failed", 0) < len(users) + 2 or (
-                info.impressions["written"] < 4 * (len(users) + 2)
-            ):
-                assert time.monotonic() < deadline, (info.shadows, info.impressions)
-                time.sleep(0.5)
-    finally:
-        serve.delete("seqctr_shadow")
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    expected = {"champion": offline_scores(checkpoints["a"], HISTORY, CANDIDATES)}
-    expected["challenger"] = offline_scores(checkpoints["b"], HISTORY, CANDIDATES)
-    assert [a.variant for a in answers] == route_users(users, {"champion": 0.5, "challenger": 0.5})
-    for answer in answers:  # every request answered by its variant's model, the shadow's failure unseen
-        np.testing.assert_allclose(answer.scores, expected[answer.variant], atol=1e-5)
-    assert again.variant == answers[0].variant
-    assert len({a.request_id for a in answers}) == len(users)
-    assert echoed.status_code == 200 and echoed.json()["request_id"] == "req-42"
-    assert {v.name: v.shadow for v in info.variants} == {"champion": False, "challenger": False, "broken": True}
-    assert info.shadows["broken"] == {"failed": len(users) + 2}
-    logged = read_log(str(log)).to_pylist()  # served rows only: the shadow never scored
-    assert {r["role"] for r in logged} == {"served"} and len(logged) == 4 * (len(users) + 2)
-    assert {r["request_id"] for r in logged} == {a.request_id for a in [*answers, again]} | {"req-42"}
-    assert {(r["request_id"], r["variant"]) for r in logged} >= {(a.request_id, a.variant) for a in answers}
-
-
-def _stream(url: str, stop: threading.Event, results: list, offset: int) -> None:
-    with CTRClient(url, retries=0, timeout=60) as c:
-        k = offset
-        while not stop.is_set():
-            try:
-                results.append(c.score(HISTORY, CANDIDATES, user_id=USERS[k % len(USERS)]))
-            except Exception as err:  # noqa: BLE001 - any failure is what the test counts
-                results.append(err)
-            k += 7
-
-
-def test_on_serve_a_weight_change_is_a_user_config_change_with_no_failed_request(serve_port, checkpoints, tmp_path):
-    from seqctr.cli.serve import deploy, serve_args
-
-    a, b = str(checkpoints["a"]), str(checkpoints["b"])
-    config = tmp_path / "experiment.yaml"
-    variants = f"{{champion: {{model: '{a}', weight: 1}}, challenger: {{model: '{b}', weight: 0}}}}"
-    config.write_text(tiny_serving_config(*SERVE_SETTINGS, f"serve.variants={variants}").to_yaml())
-    args, _, cfg = serve_args(config, [])  # what `seqctr serve --config FILE` deploys
-    name, url = "seqctr_variants", f"http://127.0.0.1:{serve_port}"
-    started = deploy(args, model_user_config(cfg), name=name, port=serve_port, timeout_s=PROGRESS_S)
-    assert started["action"] == "started" and [v["weight"] for v in started["model"]["variants"]] == [1, 0]
-    loaded_at = {v["name"]: v["loaded_at"] for v in started["model"]["variants"]}
-
-    stop, results = threading.Event(), []
-    threads = [threading.Thread(target=_stream, args=(url, stop, results, k)) for k in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        while len(results) < 8:  # the stream is flowing before the change
-            threading.Event().wait(0.05)
-        swapped = model_user_config(cfg)  # the same args, another user_config: Serve reconfigures in place
-        swapped["variants"]["champion"]["weight"], swapped["variants"]["challenger"]["weight"] = 0, 1
-        changed = deploy(args, swapped, name=name, port=serve_port, timeout_s=PROGRESS_S)
-        after = len(results)
-        while len(results) < after + 8:
-            threading.Event().wait(0.05)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    errors = [r for r in results if isinstance(r, Exception)]
-    assert not errors, errors[:3]
-    assert changed["action"] == "reloaded" and changed["model"]["last_reload"]["ok"] is True
-    assert {v["name"]: v["loaded_at"] for v in changed["model"]["variants"]} == loaded_at  # nothing reloaded
-    variants_seen = [r.variant for r in results]
-    assert variants_seen[:8] == ["champion"] * 8 and variants_seen[-1] == "challenger"
-    expected = {"champion": offline_scores(checkpoints["a"], HISTORY, CANDIDATES)}
-    expected["challenger"] = offline_scores(checkpoints["b"], HISTORY, CANDIDATES)
-    for r in results:  # every answer wholly its variant's
-        np.testing.assert_allclose(r.scores, expected[r.variant], atol=1e-5)
-
-
-# ----------------------------------------------------------------------------- the impression log
-
-
-def read_log(root: str):
-    import pyarrow.dataset as ds
-
-    return (
-        ds.dataset(root, format="parquet").to_table().sort_by([("logged_at", "ascending"), ("position", "ascending")])
-    )
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
