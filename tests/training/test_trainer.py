@@ -215,5 +215,6 @@ def test_replicated_sharding_makes_two_workers_reach_the_model_of_one(ray_sessio
     print(f"\n[train] val AUC after 2 epochs: 1 worker {aucs[1]:.4f}, 2 workers {aucs[2]:.4f}")
     # Split shards trailed by 0.05 here before global batches (0.7408 vs 0.7915), and by up to 0.02 with a
     # global shuffle (each worker's shard is another subset of every step).
-    # Measured |delta| 0.0009 here; 0.017 in one CI run before the materialised blocks were kept in order.
+    # Measured: 0.0009 once, then 0.017 in CI before the materialised blocks were kept in order, and a
+    # repeatable 0.0145 (0.7510 vs 0.7655) since: a systematic gap not explained yet (issue #19's 0.01 bar).
     assert aucs[2] == pytest.approx(aucs[1], abs=0.02)
