@@ -474,15 +474,7 @@ class Registry:
 
     def _read_json(self, rel: str) -> dict[str, Any] | None:
         text = self._store.read_text(rel)
-        if text is None:
-            return None
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise RegistryError(f"{self._store.join(rel)}: not valid JSON ({err})") from None
-        if not isinstance(value, dict):
-            raise RegistryError(f"{self._store.join(rel)}: expected a JSON object")
-        return value
+        return None if text is None else _json_object(text, self._store.join(rel))
 
     def _read_record(self, name: str, version: str) -> VersionRecord | None:
         raw = self._read_json(f"{name}/versions/{version}.json")
@@ -720,16 +712,20 @@ class Registry:
         return None
 
 
-def _parse_state(text: str | None, where: str) -> dict[str, Any]:
-    """aliases.json's contents: current targets and the history of moves (empty when absent)."""
-    if text is None:
-        return {"aliases": {}, "history": []}
+def _json_object(text: str, where: str) -> dict[str, Any]:
+    """A registry file's JSON object; anything else is a RegistryError naming the file."""
     try:
-        state = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as err:
         raise RegistryError(f"{where}: not valid JSON ({err})") from None
-    if not isinstance(state, dict):
+    if not isinstance(value, dict):
         raise RegistryError(f"{where}: expected a JSON object")
+    return value
+
+
+def _parse_state(text: str | None, where: str) -> dict[str, Any]:
+    """aliases.json's contents: current targets and the history of moves (empty when absent)."""
+    state = {} if text is None else _json_object(text, where)
     return {"aliases": dict(state.get("aliases", {})), "history": list(state.get("history", []))}
 
 
