@@ -38,6 +38,13 @@ class SyntheticConfig(_Section):
     events: int = Field(300_000, ge=1, description="Number of impressions (rows of the log).")
     categories: int = Field(20, ge=2, description="Number of item categories (latent topics).")
     seed: int = Field(0, description="Random seed; the same seed writes the same files.")
+    profile: Literal["default", "realistic"] = Field(
+        "default",
+        description="'default': histories, click ages and texts carry the signal. 'realistic': like real logs, "
+        "signal also in user, item and context features (per-user click bias, per-item quality, category "
+        "affinity, hour of day, device), short histories, many test users unseen in training, noisy texts "
+        "and side columns in the log (events: device, hour; items: brand, price).",
+    )
     chunk_events: int = Field(
         500_000, ge=1000, description="Events generated and written per Parquet file, bounding memory."
     )

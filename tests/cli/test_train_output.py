@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,25 +17,20 @@ RAY_NOISE = re.compile(
 )
 
 
-def seqctr(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    # Its own Ray temp folder, short: Ray's socket paths must stay under 108 bytes (AF_UNIX), which a
-    # pytest tmp_path plus Ray's session folder names exceed.
-    ray_tmp = os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="seqctr-ray-", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)  # its own local Ray, like a user's first run
+def seqctr(cwd: Path, *args: str, ray_address: str) -> subprocess.CompletedProcess:
+    # The session's Ray, joined through RAY_ADDRESS as a user joins a cluster: a second local instance on
+    # the same machine would make Ray Train's placement-group cleaner (which looks its cluster up with
+    # address "auto") fail with "Found multiple active Ray instances".
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
     cmd = [sys.executable, "-m", "seqctr.cli", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.xfail(
-    reason="beside the session's own Ray, this second local instance makes Ray Train's PlacementGroupCleaner "
-    "print 'Found multiple active Ray instances' (a Ray limitation); passes alone",
-    strict=False,
-)
-def test_train_prints_each_epoch_once_and_none_of_rays_chatter(tmp_path):
-    gen = seqctr(tmp_path, "data", "generate", "--config", TINY, "--out", "work/data")
+def test_train_prints_each_epoch_once_and_none_of_rays_chatter(tmp_path, ray_session):
+    address = ray_session.get_runtime_context().gcs_address
+    gen = seqctr(tmp_path, "data", "generate", "--config", TINY, "--out", "work/data", ray_address=address)
     assert gen.returncode == 0, gen.stderr
-    done = seqctr(tmp_path, "train", "--config", TINY, "--set", "train.epochs=2")
+    done = seqctr(tmp_path, "train", "--config", TINY, "--set", "train.epochs=2", ray_address=address)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     lines = out.splitlines()
