@@ -173,6 +173,7 @@ def data_build(
         train_fraction=cfg.data.train_fraction,
         val_fraction=cfg.data.val_fraction,
         items_path=items_path if Path(items_path).exists() or "://" in items_path else None,
+        features=cfg.data.features,
     )
     echo_json(report)
 
@@ -222,14 +223,47 @@ def train(
 @app.command("evaluate")
 @user_errors
 def evaluate(
-    checkpoint: str = typer.Option(..., help="Checkpoint dir or registry://NAME@ALIAS.", metavar="CHECKPOINT"),
-    events: str | None = typer.Option(None, help="A behaviour log to score (default: the test split).", metavar="PATH"),
+    checkpoint: str | None = typer.Option(
+        None, help="Checkpoint dir or registry://NAME@ALIAS (offline evaluation).", metavar="CHECKPOINT"
+    ),
+    events: str | None = typer.Option(
+        None,
+        help="A behaviour log to score (default: the test split); with --impressions, the clicks to join.",
+        metavar="PATH",
+    ),
+    impressions: str | None = typer.Option(
+        None, help="An impression log (serve.impressions): per-variant metrics on live traffic.", metavar="PATH"
+    ),
+    window: str = typer.Option(
+        "1h", help="With --impressions: how long after a request its click counts (90s, 30m, 1h, 2d).", metavar="TIME"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="With --impressions: print JSON instead of the table."),
 ) -> None:
-    """Score any log with any checkpoint and print AUC, GAUC, logloss, calibration (+ oracle AUC)."""
-    from seqctr.training.evaluation import evaluate_log
+    """Score any log with any checkpoint and print AUC, GAUC, logloss, calibration (+ oracle AUC).
 
-    init_ray()
-    echo_json(evaluate_log(checkpoint, events))
+    With --impressions LOG --events CLICKS: join the served and shadow scores of the impression log with
+    the clicks that came later (the first event of the same user and item within --window of the
+    request; none = a non-click) and print AUC / GAUC / logloss per variant, served and shadow apart."""
+    if impressions is None:
+        if checkpoint is None:
+            raise ConfigError("evaluate: give --checkpoint (offline) or --impressions with --events (live traffic)")
+        from seqctr.training.evaluation import evaluate_log
+
+        init_ray()
+        echo_json(evaluate_log(checkpoint, events))
+        return
+    if checkpoint is not None:
+        raise ConfigError("--impressions scores the logged variants; it takes no --checkpoint")
+    if events is None:
+        raise ConfigError("--impressions needs --events: the events log holding the clicks (user_id, item_id, ...)")
+    from seqctr.serving.evidence import evaluate_impressions, format_table, parse_window
+
+    try:
+        parse_window(window)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    report = evaluate_impressions(impressions, events, window)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
 
 
 # --------------------------------------------------------------------------- tune
