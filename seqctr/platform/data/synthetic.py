@@ -6,6 +6,32 @@ process has (1) a short-term session intent that only recent clicks reveal (the 
 (BERT's job). Each row keeps `p_true`, the probability its label was drawn from, so the best
 possible AUC (`oracle_auc`) is known and a trained model is judged by its share of the oracle's lift.
 
+Two profiles (`data.synthetic.profile`). `default` is the process above (`ClickProcess`), where
+histories and titles carry nearly all the signal. `realistic` (`RealisticProcess`) is harder and
+closer to real CTR logs, where user, item and context features carry as much as the history. Its
+logit is `bias` plus one term per family (`LOGIT_FAMILIES`), each there to reward one model part:
+
+- user: a per-user click bias (sd 0.8), learnt by a user-id embedding for returning users or read
+  from the user's own past CTR;
+- item, brand: per-item quality (sd 0.8) plus a per-brand offset (several brands per category), for
+  item-id and brand embeddings and item past CTR;
+- price: a weak price effect (-0.3 per sd of log price), for a numeric item feature;
+- affinity: the default's intents and interests with weaker gains, so the history (the LSTM over
+  recent clicks) is one signal among several;
+- hour: each category has a preferred hour, `hour_gain * cos(2*pi*(hour - peak) / 24)`, for a
+  context feature crossed with the item;
+- device: a per-device effect plus a per-(device, category) offset, for a second context feature.
+
+It also has short, heavy-tailed histories (at 15 events per user on average, about 80% of users
+have under 20) and users who arrive uniformly over the span and stay a short window, so with the
+split by global time a large share of test rows (about 40-45%) comes from users unseen in training:
+there only the item, context and text features can help. Titles are noisy (each word but one is a
+random other category's with probability 0.5), so text carries less than in the default. The log
+gains side columns: events `device` (string: mobile, desktop or tablet) and `hour` (int32, the UTC
+hour of the timestamp); items `brand` (string) and `price` (float32, log-normal). `p_true` stays the
+exact click probability, and `family_logits` gives its terms row by row (`click_probability` sums
+them back, bit for bit), so how much each family carries can be measured (bench/realistic_profile.py).
+
 Memory is bounded by `chunk_events`: the log is written user-major in fixed-size chunks, and the
 only state carried between chunks is the open session of the user cut by the chunk boundary.
 """
@@ -405,7 +431,35 @@ class ClickProcess:
     quality_sd: float = 0.2
 
 
+@dataclass(frozen=True)
+class RealisticProcess(ClickProcess):
+    """The `realistic` profile: logit = bias + the sum of `LOGIT_FAMILIES` (a gain or sd of 0 switches one off)."""
+
+    session_min: int = 3
+    session_max: int = 15
+    span_days: float = 60.0  # users arrive uniformly over the span
+    lifetime_days: float = 20.0  # mean of a user's active window (exponential), cut at the span's end
+    activity_sigma: float = 1.6  # log-normal sd of a user's activity: heavy-tailed events per user
+    bias: float = -3.3
+    user_bias_sd: float = 0.8  # "user": a user's own click propensity
+    quality_sd: float = 0.8  # "item": an item's own quality
+    brands_per_category: int = 5
+    brand_sd: float = 0.4  # "brand": shared by a brand's items, adds to item quality
+    price_gain: float = -0.3  # "price": per standard deviation of log price
+    price_sigma: float = 0.5  # log-normal sd of price around its brand's level
+    intent_gain: float = 1.5  # "affinity": intent_gain*[cat == intent] + interest_gain*w[cat]
+    interest_gain: float = 1.0
+    hour_gain: float = 0.8  # "hour": hour_gain * cos(2*pi*(hour - peak[cat]) / 24)
+    device_probs: tuple[float, float, float] = (0.55, 0.35, 0.10)  # of DEVICES, for a user's main device
+    p_main_device: float = 0.85  # a session is on the user's main device, else a draw from device_probs
+    device_gain: tuple[float, float, float] = (-0.2, 0.2, 0.0)  # "device": a main effect per device ...
+    device_cat_sd: float = 0.5  # ... plus an offset per (device, category)
+    title_noise: float = 0.5  # share of a title's words drawn from other categories' lists
+
+
 START_TS = 1_704_067_200  # 2024-01-01 00:00:00 UTC
+DEVICES: tuple[str, ...] = ("mobile", "desktop", "tablet")
+LOGIT_FAMILIES: tuple[str, ...] = ("user", "item", "brand", "price", "affinity", "hour", "device")
 
 
 def category_vocabulary(n_categories: int, seed: int = 0) -> list[tuple[str, tuple[str, ...]]]:
@@ -427,11 +481,26 @@ def category_vocabulary(n_categories: int, seed: int = 0) -> list[tuple[str, tup
 
 
 @dataclass
+class _Realistic:
+    """What only the realistic profile has; O(users + items + brands)."""
+
+    user_bias: np.ndarray  # (U,) logit offset
+    main_device: np.ndarray  # (U,) index into DEVICES
+    item_brand: np.ndarray  # (I,) brand id; brand b belongs to category b // brands_per_category
+    brand_names: list[str]
+    brand_quality: np.ndarray  # (B,) logit offset
+    price: np.ndarray  # (I,) float32, as written
+    price_z: np.ndarray  # (I,) standardised log of the written price
+    hour_peak: np.ndarray  # (C,) preferred hour of each category, in [0, 24)
+    device_offset: np.ndarray  # (3, C) device main effect + per-(device, category) offset
+
+
+@dataclass
 class _World:
     """Everything O(users + items): item table, popularity samplers, user interests and timing."""
 
     item_cat: np.ndarray  # (I,) category of each item
-    item_quality: np.ndarray  # (I,) small logit offset
+    item_quality: np.ndarray  # (I,) logit offset
     items_by_cat: np.ndarray  # (I,) item ids sorted by category
     cat_keys: np.ndarray  # (I,) category + within-category popularity CDF, increasing
     titles: list[str]
@@ -442,11 +511,11 @@ class _World:
     user_end: np.ndarray  # (U,) exclusive end of each user's rows in the user-major log
     start_ts: np.ndarray  # (U,) first impression time
     gap_mean: np.ndarray  # (U,) mean extra seconds between sessions
+    real: _Realistic | None = None  # the realistic profile's extra families
 
 
-def _build_world(cfg: SyntheticConfig, proc: ClickProcess, vocab: list) -> _World:
-    rng = np.random.default_rng([cfg.seed % 2**63, 0])
-    n_items, n_cats, n_users = cfg.items, cfg.categories, cfg.users
+def _catalogue(rng: np.random.Generator, n_items: int, n_cats: int, proc: ClickProcess) -> tuple:
+    """Item categories and the within-category Zipf popularity sampler (keys for searchsorted)."""
     item_cat = rng.permutation(np.arange(n_items) % n_cats)
     items_by_cat = np.argsort(item_cat, kind="stable")
     sorted_cat = item_cat[items_by_cat]
@@ -458,9 +527,12 @@ def _build_world(cfg: SyntheticConfig, proc: ClickProcess, vocab: list) -> _Worl
     cat_total = np.add.reduceat(pop, cat_first)
     cdf = (cum - cum_before[sorted_cat]) / cat_total[sorted_cat]
     cdf[np.r_[cat_first[1:] - 1, n_items - 1]] = 1.0
-    quality = rng.normal(0.0, proc.quality_sd, n_items)
+    return item_cat, items_by_cat, sorted_cat + cdf
 
-    # Titles: 3-6 words, mostly from the item's category list, sometimes one generic word.
+
+def _titles(rng: np.random.Generator, item_cat: np.ndarray, vocab: list) -> list[str]:
+    """3-6 words, mostly from the item's category list, sometimes one generic word."""
+    n_items = len(item_cat)
     n_words = rng.integers(3, 7, n_items)
     generic = rng.random(n_items) < 0.35
     word_order = np.argsort(rng.random((n_items, 12)), axis=1)
@@ -473,8 +545,25 @@ def _build_world(cfg: SyntheticConfig, proc: ClickProcess, vocab: list) -> _Worl
         if generic[i]:
             chosen.insert(int(generic_pos[i]) % len(chosen), GENERIC_WORDS[generic_pick[i]])
         titles.append(" ".join(chosen))
+    return titles
 
-    # Users: 2-3 distinct interests (Gumbel top-k over mildly skewed category popularity).
+
+def _noisy_titles(rng: np.random.Generator, item_cat: np.ndarray, vocab: list, noise: float) -> list[str]:
+    """3-6 words; each word, but one kept from the item's own list, is a random other category's w.p. `noise`."""
+    n_items, n_cats = len(item_cat), len(vocab)
+    all_words = np.array([w for _, words in vocab for w in words])  # (C * 12,)
+    n_words = rng.integers(3, 7, n_items)
+    own = np.argsort(rng.random((n_items, 12)), axis=1)[:, :6]  # distinct own-category words
+    noisy = rng.random((n_items, 6)) < noise
+    noisy[np.arange(n_items), rng.integers(0, n_words)] = False
+    other_cat = (item_cat[:, None] + rng.integers(1, n_cats, (n_items, 6))) % n_cats
+    word_cat = np.where(noisy, other_cat, item_cat[:, None])
+    pick = all_words[word_cat * 12 + np.where(noisy, rng.integers(0, 12, (n_items, 6)), own)]
+    return [" ".join(pick[i, : n_words[i]]) for i in range(n_items)]
+
+
+def _interests(rng: np.random.Generator, n_users: int, n_cats: int, proc: ClickProcess) -> tuple:
+    """2-3 distinct interests per user (Gumbel top-k over mildly skewed category popularity)."""
     cat_logw = -0.5 * np.log(np.arange(1, n_cats + 1))[rng.permutation(n_cats)]
     interest_cat = np.empty((n_users, 3), dtype=np.int64)
     for lo in range(0, n_users, 65536):
@@ -488,6 +577,16 @@ def _build_world(cfg: SyntheticConfig, proc: ClickProcess, vocab: list) -> _Worl
     interest_w = g / g.sum(axis=1, keepdims=True)
     interest_cdf = np.cumsum(interest_w, axis=1)
     interest_cdf[:, 2] = 1.0
+    return interest_cat, interest_w, interest_cdf
+
+
+def _build_world(cfg: SyntheticConfig, proc: ClickProcess, vocab: list) -> _World:
+    rng = np.random.default_rng([cfg.seed % 2**63, 0])
+    n_items, n_cats, n_users = cfg.items, cfg.categories, cfg.users
+    item_cat, items_by_cat, cat_keys = _catalogue(rng, n_items, n_cats, proc)
+    quality = rng.normal(0.0, proc.quality_sd, n_items)
+    titles = _titles(rng, item_cat, vocab)
+    interest_cat, interest_w, interest_cdf = _interests(rng, n_users, n_cats, proc)
 
     activity = rng.lognormal(0.0, 0.6, n_users)
     counts = rng.multinomial(cfg.events, activity / activity.sum()).astype(np.int64)
@@ -499,7 +598,7 @@ def _build_world(cfg: SyntheticConfig, proc: ClickProcess, vocab: list) -> _Worl
         item_cat,
         quality,
         items_by_cat,
-        sorted_cat + cdf,
+        cat_keys,
         titles,
         interest_cat,
         interest_w,
@@ -509,6 +608,110 @@ def _build_world(cfg: SyntheticConfig, proc: ClickProcess, vocab: list) -> _Worl
         start_ts,
         gap_mean,
     )
+
+
+def _brand_names(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
+    consonants, vowels = list("bdfgklmnprstvz"), list("aeiou")
+    names: list[str] = []
+    while len(names) < n:
+        syl = rng.choice(consonants, 3) + rng.choice(vowels, 3)
+        name = "".join(syl[: int(rng.integers(2, 4))]).capitalize()
+        if name.lower() not in taken:
+            taken.add(name.lower())
+            names.append(name)
+    return names
+
+
+def _build_realistic_world(cfg: SyntheticConfig, proc: RealisticProcess, vocab: list) -> _World:
+    rng = np.random.default_rng([cfg.seed % 2**63, 2])
+    n_items, n_cats, n_users = cfg.items, cfg.categories, cfg.users
+    item_cat, items_by_cat, cat_keys = _catalogue(rng, n_items, n_cats, proc)
+
+    # Items: brands of a category (Zipf-ish shares), each with a quality offset and a price level.
+    n_b = proc.brands_per_category
+    share = np.cumsum(1.0 / np.arange(1, n_b + 1))
+    brand_in_cat = np.minimum(np.searchsorted(share / share[-1], rng.random(n_items), side="right"), n_b - 1)
+    item_brand = item_cat * n_b + brand_in_cat
+    brand_quality = rng.normal(0.0, proc.brand_sd, n_cats * n_b)
+    brand_level = rng.normal(np.log(30.0), 0.8, n_cats)[np.arange(n_cats * n_b) // n_b] + rng.normal(
+        0.0, 0.4, n_cats * n_b
+    )
+    log_price = brand_level[item_brand] + rng.normal(0.0, proc.price_sigma, n_items)
+    price = np.maximum(np.round(np.exp(log_price), 2), 0.01).astype(np.float32)
+    lp = np.log(price.astype(np.float64))
+    price_z = (lp - lp.mean()) / max(float(lp.std()), 1e-9)
+    quality = rng.normal(0.0, proc.quality_sd, n_items)
+    titles = _noisy_titles(rng, item_cat, vocab, proc.title_noise)
+    taken = {w for _, words in vocab for w in words} | set(GENERIC_WORDS)
+    brand_names = _brand_names(rng, n_cats * n_b, taken)
+
+    # Users: interests as in the default, a click bias, a main device; contexts per category.
+    interest_cat, interest_w, interest_cdf = _interests(rng, n_users, n_cats, proc)
+    user_bias = rng.normal(0.0, proc.user_bias_sd, n_users)
+    device_cdf = np.cumsum(proc.device_probs) / sum(proc.device_probs)
+    main_device = np.minimum(np.searchsorted(device_cdf, rng.random(n_users), side="right"), 2)
+    hour_peak = rng.uniform(0.0, 24.0, n_cats)
+    device_offset = np.asarray(proc.device_gain)[:, None] + rng.normal(0.0, proc.device_cat_sd, (3, n_cats))
+
+    # Timing: heavy-tailed activity; users arrive uniformly over the span and stay a short window.
+    span = proc.span_days * 86400
+    arrival = rng.uniform(0.0, span, n_users)
+    window = np.minimum(rng.exponential(proc.lifetime_days * 86400, n_users), span - arrival)
+    activity = rng.lognormal(0.0, proc.activity_sigma, n_users) * (window + 86400)  # rate x time seen
+    counts = rng.multinomial(cfg.events, activity / activity.sum()).astype(np.int64)
+    sessions = np.maximum(counts / ((proc.session_min + proc.session_max) / 2), 1.0)
+    gap_mean = np.maximum(window / (sessions + 1) - proc.min_gap_s, 60.0)
+    real = _Realistic(
+        user_bias, main_device, item_brand, brand_names, brand_quality, price, price_z, hour_peak, device_offset
+    )
+    return _World(
+        item_cat,
+        quality,
+        items_by_cat,
+        cat_keys,
+        titles,
+        interest_cat,
+        interest_w,
+        interest_cdf,
+        counts,
+        np.cumsum(counts),
+        START_TS + arrival.astype(np.int64),
+        gap_mean,
+        real,
+    )
+
+
+def _family_logits(
+    world: _World,
+    proc: RealisticProcess,
+    user: np.ndarray,
+    item: np.ndarray,
+    intent: np.ndarray,
+    hour: np.ndarray,
+    device: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The realistic logit, family by family (`LOGIT_FAMILIES` order), for events given as indices."""
+    real = world.real
+    assert real is not None
+    icat = world.item_cat[item]
+    w = ((world.interest_cat[user] == icat[:, None]) * world.interest_w[user]).sum(axis=1)
+    return {
+        "user": real.user_bias[user],
+        "item": world.item_quality[item],
+        "brand": real.brand_quality[real.item_brand[item]],
+        "price": proc.price_gain * real.price_z[item],
+        "affinity": proc.intent_gain * (icat == intent) + proc.interest_gain * w,
+        "hour": proc.hour_gain * np.cos(2 * np.pi * (hour - real.hour_peak[icat]) / 24),
+        "device": real.device_offset[device, icat],
+    }
+
+
+def click_probability(bias: float, families: dict[str, np.ndarray]) -> np.ndarray:
+    """sigmoid(bias + the families summed in `LOGIT_FAMILIES` order): bit for bit the log's `p_true`."""
+    logit = np.float64(bias)
+    for name in LOGIT_FAMILIES:
+        logit = logit + families[name]
+    return 1.0 / (1.0 + np.exp(-logit))
 
 
 @dataclass
@@ -521,6 +724,7 @@ class _Carry:
     session: int = -1
     last_ts: int = 0
     next_session: int = 0
+    device: int = 0  # realistic profile: the open session's device
 
 
 def _pick_interest(world: _World, users: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -531,7 +735,7 @@ def _pick_interest(world: _World, users: np.ndarray, u: np.ndarray) -> np.ndarra
 def _chunk(
     world: _World, proc: ClickProcess, g0: int, g1: int, carry: _Carry, rng: np.random.Generator, n_cats: int
 ) -> tuple[dict[str, np.ndarray], _Carry]:
-    """Rows [g0, g1) of the user-major log, continuing `carry`."""
+    """Rows [g0, g1) of the user-major log, continuing `carry` (the realistic draws only when `world.real`)."""
     n = g1 - g0
     u_lo = int(np.searchsorted(world.user_end, g0, side="right"))
     u_hi = int(np.searchsorted(world.user_end, g1 - 1, side="right"))
@@ -574,12 +778,21 @@ def _chunk(
     src = np.where(np.r_[False, stay], 0, np.arange(n_sess + 1))
     intent = cand[np.maximum.accumulate(src)][1:]
     session_id = carry.next_session + np.arange(n_sess) - int(continued_session)
+    real = world.real
+    if real is not None:  # a device per session: mostly the user's main one
+        device_cdf = np.cumsum(proc.device_probs) / sum(proc.device_probs)
+        other = np.minimum(np.searchsorted(device_cdf, rng.random(n_sess), side="right"), 2)
+        sess_device = np.where(rng.random(n_sess) < proc.p_main_device, real.main_device[sess_user], other)
+        if continued_session:
+            sess_device[0] = carry.device
 
     # Timestamps: seconds apart inside a session, hours or days between sessions.
     dt = rng.integers(proc.step_s[0], proc.step_s[1] + 1, n)
     new_sess = np.ones(n_sess, dtype=bool)
     new_sess[0] = not continued_session
     gaps = proc.min_gap_s + rng.exponential(world.gap_mean[sess_user])
+    if real is not None:  # bounded, so a user's sessions stay near their active window
+        gaps = np.minimum(gaps, proc.min_gap_s + 3 * world.gap_mean[sess_user])
     dt[sess_start[new_sess]] = gaps[new_sess].astype(np.int64)
     csum = np.cumsum(dt)
     base = world.start_ts[users] - csum[seg_start]  # a user's first impression is at start_ts
@@ -600,10 +813,18 @@ def _chunk(
         ),
     )
     item = world.items_by_cat[np.searchsorted(world.cat_keys, cat + rng.random(n), side="right")]
-    icat = world.item_cat[item]
-    w = ((world.interest_cat[ev_user] == icat[:, None]) * world.interest_w[ev_user]).sum(axis=1)
-    logit = proc.bias + proc.intent_gain * (icat == ev_intent) + proc.interest_gain * w
-    p_true = 1.0 / (1.0 + np.exp(-(logit + world.item_quality[item])))
+    if real is None:
+        icat = world.item_cat[item]
+        w = ((world.interest_cat[ev_user] == icat[:, None]) * world.interest_w[ev_user]).sum(axis=1)
+        logit = proc.bias + proc.intent_gain * (icat == ev_intent) + proc.interest_gain * w
+        p_true = 1.0 / (1.0 + np.exp(-(logit + world.item_quality[item])))
+    else:
+        ev_device = sess_device[ev_sess]
+        hour = (ts % 86400) // 3600  # UTC hour of day
+        p_true = click_probability(
+            proc.bias,
+            _family_logits(world, proc, ev_user, item, ev_intent, hour, ev_device),
+        )
     label = (rng.random(n) < p_true).astype(np.int8)
 
     last_user = int(users[-1])
@@ -612,6 +833,8 @@ def _chunk(
         out_carry.user, out_carry.intent, out_carry.last_ts = last_user, int(intent[-1]), int(ts[-1])
         out_carry.remaining = int(sess_start[-1] + lens[-1] - n)
         out_carry.session = int(session_id[-1])
+        if real is not None:
+            out_carry.device = int(sess_device[-1])
     cols = {
         "user": ev_user,
         "item": item,
@@ -621,6 +844,8 @@ def _chunk(
         "session": session_id[ev_sess].astype(np.int32),
         "intent": ev_intent,
     }
+    if real is not None:
+        cols["device"], cols["hour"] = ev_device, hour.astype(np.int32)
     return cols, out_carry
 
 
@@ -641,13 +866,21 @@ def generate_synthetic(cfg: SyntheticConfig, out: str | Path, process: ClickProc
         )
     if "://" in str(out):
         raise ValueError(f"generate_synthetic writes a local folder; got the URI {out}")
-    proc = process or ClickProcess()
+    realistic = cfg.profile == "realistic"
+    proc = process or (RealisticProcess() if realistic else ClickProcess())
+    if realistic != isinstance(proc, RealisticProcess):
+        raise ValueError(f"synthetic.profile '{cfg.profile}' needs a {'Realistic' if realistic else 'Click'}Process")
     out = Path(out)
     t0 = time.perf_counter()
     vocab = category_vocabulary(cfg.categories, cfg.seed)
-    world = _build_world(cfg, proc, vocab)
+    world = (
+        _build_realistic_world(cfg, proc, vocab)
+        if isinstance(proc, RealisticProcess)
+        else _build_world(cfg, proc, vocab)
+    )
     user_names, item_names = _names("u", cfg.users), _names("i", cfg.items)
     cat_names = pa.array([name for name, _ in vocab], type=pa.string())
+    device_names = pa.array(DEVICES, type=pa.string())
     n_files = -(-cfg.events // cfg.chunk_events)
     carry = _Carry()
     with atomic_dir(out / "events") as tmp:
@@ -655,25 +888,30 @@ def generate_synthetic(cfg: SyntheticConfig, out: str | Path, process: ClickProc
             g0, g1 = k * cfg.chunk_events, min((k + 1) * cfg.chunk_events, cfg.events)
             rng = np.random.default_rng([cfg.seed % 2**63, 1, k])
             cols, carry = _chunk(world, proc, g0, g1, carry, rng, cfg.categories)
-            table = pa.table(
-                {
-                    "user_id": pc.take(user_names, pa.array(cols["user"])),
-                    "item_id": pc.take(item_names, pa.array(cols["item"])),
-                    "timestamp": pa.array(cols["timestamp"], type=pa.int64()),
-                    "label": pa.array(cols["label"], type=pa.int8()),
-                    "p_true": pa.array(cols["p_true"], type=pa.float64()),
-                    "session": pa.array(cols["session"], type=pa.int32()),
-                    "intent": pc.take(cat_names, pa.array(cols["intent"])),
-                }
-            )
+            columns = {
+                "user_id": pc.take(user_names, pa.array(cols["user"])),
+                "item_id": pc.take(item_names, pa.array(cols["item"])),
+                "timestamp": pa.array(cols["timestamp"], type=pa.int64()),
+                "label": pa.array(cols["label"], type=pa.int8()),
+                "p_true": pa.array(cols["p_true"], type=pa.float64()),
+                "session": pa.array(cols["session"], type=pa.int32()),
+                "intent": pc.take(cat_names, pa.array(cols["intent"])),
+            }
+            if realistic:
+                columns["device"] = pc.take(device_names, pa.array(cols["device"]))
+                columns["hour"] = pa.array(cols["hour"], type=pa.int32())
+            table = pa.table(columns)
             pq.write_table(table, tmp / f"part-{k:05d}.parquet")
-    items = pa.table(
-        {
-            "item_id": item_names,
-            "text": pa.array(world.titles, type=pa.string()),
-            "category": pc.take(cat_names, pa.array(world.item_cat)),
-        }
-    )
+    item_columns = {
+        "item_id": item_names,
+        "text": pa.array(world.titles, type=pa.string()),
+        "category": pc.take(cat_names, pa.array(world.item_cat)),
+    }
+    if world.real is not None:
+        brands = pa.array(world.real.brand_names, type=pa.string())
+        item_columns["brand"] = pc.take(brands, pa.array(world.real.item_brand))
+        item_columns["price"] = pa.array(world.real.price, type=pa.float32())
+    items = pa.table(item_columns)
     with atomic_dir(out / "items") as tmp:
         pq.write_table(items, tmp / "items.parquet")
     seconds = time.perf_counter() - t0
@@ -755,3 +993,29 @@ def oracle_auc(events_path: str | Path) -> float:
             f"(counting across files in name order) is {cols['label'][bad][0]}"
         )
     return auc(cols["label"], cols["p_true"])
+
+
+def family_logits(
+    cfg: SyntheticConfig, events: pa.Table, process: RealisticProcess | None = None
+) -> dict[str, np.ndarray]:
+    """The realistic log's logit family by family, for its rows (columns user_id, item_id, intent, hour, device).
+
+    Rebuilds the generator's world from `cfg`, so `click_probability(process.bias, result)` equals the rows'
+    `p_true` bit for bit; one family alone (or all but one) measures how much of the oracle it carries.
+    """
+    if cfg.profile != "realistic":
+        raise ValueError(f"family_logits needs synthetic.profile 'realistic' (got '{cfg.profile}')")
+    proc = process or RealisticProcess()
+    vocab = category_vocabulary(cfg.categories, cfg.seed)
+    world = _build_realistic_world(cfg, proc, vocab)
+
+    def index(name: str, values: list[str]) -> np.ndarray:
+        return pc.index_in(events[name], value_set=pa.array(values)).to_numpy(zero_copy_only=False)
+
+    def number(name: str) -> np.ndarray:
+        return pc.cast(pc.utf8_slice_codeunits(events[name], 1), pa.int64()).to_numpy(zero_copy_only=False)
+
+    intent = index("intent", [n for n, _ in vocab])
+    hour = events["hour"].to_numpy(zero_copy_only=False).astype(np.int64)
+    device = index("device", list(DEVICES))
+    return _family_logits(world, proc, number("user_id"), number("item_id"), intent, hour, device)
