@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -222,6 +223,84 @@ def serve_args(config: Path | None, overrides: list[str]) -> tuple[dict[str, Any
     return {**resolved, "experiment": cfg.to_dict()}, http, cfg
 
 
+# ----------------------------------------------------------------------------- --variant
+
+CHAMPION = "champion"
+VARIANT_FLAG = "NAME=REF[:PCT][:shadow]"
+_PCT = re.compile(r"(\d+(?:\.\d+)?)%")
+
+
+def parse_variant_flag(text: str) -> tuple[str, dict[str, Any]]:
+    """One `--variant NAME=REF[:PCT][:shadow]` as (NAME, {model, weight %, shadow}); REF may hold colons
+    (registry://, s3://): only trailing `:NN%` and `:shadow` parts are options. A shadow's PCT is the share
+    of requests it scores (default 100%); a served variant's PCT is its share of the traffic (required)."""
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not rest.strip():
+        raise ConfigError(
+            f"--variant {text!r}: expected {VARIANT_FLAG}, e.g. challenger=registry://seqctr@challenger:10%"
+        )
+    parts = rest.strip().split(":")
+    pct: float | None = None
+    shadow = False
+    while len(parts) > 1:
+        last = parts[-1].strip()
+        if last.lower() == "shadow" and not shadow:
+            shadow = True
+        elif _PCT.fullmatch(last) and pct is None:
+            pct = float(last[:-1])
+        elif re.fullmatch(r"\d+(?:\.\d+)?", last):
+            raise ConfigError(f"--variant {text!r}: a share needs a % sign ({last}%)")
+        else:
+            break
+        parts.pop()
+    ref = ":".join(parts).strip()
+    if not ref:
+        raise ConfigError(f"--variant {text!r}: no model REF before the options ({VARIANT_FLAG})")
+    if pct is not None and pct > 100:
+        raise ConfigError(f"--variant {text!r}: a share is 0..100%, not {pct:g}%")
+    if pct is None and not shadow:
+        raise ConfigError(f"--variant {text!r}: a served variant needs its share of the traffic, e.g. {name}={ref}:10%")
+    return name, {"model": ref, "pct": 100.0 if pct is None else pct, "shadow": shadow}
+
+
+def variants_from_flags(flags: list[str], champion_model: str) -> dict[str, dict[str, Any]]:
+    """`serve.variants` from --variant flags: the champion (the main model, --model or serve.model) gets
+    the traffic the served flags leave (100% - their shares); weights are fractions (0.9 / 0.1)."""
+    out: dict[str, dict[str, Any]] = {}
+    for text in flags:
+        name, spec = parse_variant_flag(text)
+        if name == CHAMPION:
+            raise ConfigError(f"--variant {text!r}: {CHAMPION!r} is the main model (--model); name the others")
+        if name in out:
+            raise ConfigError(f"--variant {text!r}: variant {name!r} given twice")
+        out[name] = spec
+    served = sum(spec["pct"] for spec in out.values() if not spec["shadow"])
+    if served > 100:
+        shares = ", ".join(f"{n}={s['pct']:g}%" for n, s in out.items() if not s["shadow"])
+        raise ConfigError(f"--variant: the served shares add up to {served:g}% ({shares}), more than 100%")
+    variants = {CHAMPION: {"model": champion_model, "weight": round((100.0 - served) / 100.0, 6), "shadow": False}}
+    for name, spec in out.items():
+        variants[name] = {"model": spec["model"], "weight": round(spec["pct"] / 100.0, 6), "shadow": spec["shadow"]}
+    return variants
+
+
+def with_variant_flags(cfg: ExperimentConfig, flags: list[str]) -> ExperimentConfig:
+    """cfg with serve.variants built from --variant flags, validated by the config's own rules."""
+    if not flags:
+        return cfg
+    if cfg.serve.variants:
+        raise ConfigError(
+            "--variant: the config already sets serve.variants "
+            f"({', '.join(cfg.serve.variants)}); give the variants in one place"
+        )
+    variants = variants_from_flags(flags, cfg.serve.model)
+    try:
+        return cfg.with_overrides({"serve.variants": variants})
+    except ConfigError as err:
+        raise ConfigError(f"--variant: {err}") from None
+
+
 # ----------------------------------------------------------------------------- commands
 
 
@@ -240,14 +319,25 @@ def serve_command(
     port: int | None = typer.Option(None, help="HTTP port (default serve.port).", metavar="PORT"),
     detach: bool = typer.Option(False, "--detach", help="Return once running (needs a running Ray cluster)."),
     timeout: float = typer.Option(300.0, help="Seconds to wait for the app or the reload.", metavar="SECONDS"),
+    variant: list[str] = typer.Option(
+        None,
+        "--variant",
+        help="Champion/challenger: a model beside --model, e.g. challenger=registry://seqctr@challenger:10% "
+        "or shadow=registry://seqctr@v0007:50%:shadow (repeatable); --model, named champion, gets the rest.",
+        metavar=VARIANT_FLAG,
+    ),
 ) -> None:
-    """Start the CTR endpoint on Ray Serve, or hot-reload the model of the one already running."""
+    """Start the CTR endpoint on Ray Serve, or hot-reload the model of the one already running.
+
+    With --variant, users are split between --model (variant `champion`) and the named variants by a stable
+    hash of user_id (serve.variants); running it again with other shares re-weights the live app in place."""
     from seqctr.serving.app import model_user_config, read_api_key
 
     try:
         args, http, cfg = serve_args(config, set_ or [])  # validated here: a bad flag stops before Ray starts
         if model:
             cfg = cfg.with_overrides({"serve.model": model})
+        cfg = with_variant_flags(cfg, variant or [])
         read_api_key(cfg.serve.api_key_env)
         user_config = model_user_config(cfg)
         dashboard = connect_ray(detach)
