@@ -50,6 +50,61 @@ class SyntheticConfig(_Section):
     )
 
 
+RESERVED_SAMPLE_COLUMNS = ("user_id", "timestamp", "history", "history_ts", "target", "label", "p_true")
+
+
+class FeatureSpec(_Section):
+    """One side column the model reads: its name in the events (or items) table and how it is encoded."""
+
+    name: str = Field(..., min_length=1, description="Column name in the event (or item) table.")
+    kind: Literal["categorical", "numeric"] = Field(
+        ...,
+        description="'categorical': hashed embedding (any value, unseen ones hash in, null = its own bucket); "
+        "'numeric': standardised with statistics of the train split (items: of the item table), null = mean.",
+    )
+
+
+class FeaturesConfig(_Section):
+    """Signal beyond histories and texts, as real CTR logs carry it (all off by default)."""
+
+    event: list[FeatureSpec] = Field(
+        default_factory=list, description="Context columns of the events (e.g. device, hour), per sample."
+    )
+    item: list[FeatureSpec] = Field(
+        default_factory=list,
+        description="Item-table columns (e.g. category, brand, price) added to every item vector, so history "
+        "items carry them too.",
+    )
+    user_id: bool = Field(
+        False, description="A hashed user-id embedding (useless for new users, valuable for returning ones)."
+    )
+    counts: bool = Field(
+        False,
+        description="Leak-free counting features: the item's and the user's impressions and clicks from strictly "
+        "earlier events (items: from earlier `count_period_s` periods), as log counts and smoothed CTRs.",
+    )
+    count_period_s: int = Field(
+        3600, ge=1, description="Item counts are those of periods strictly before the event's period."
+    )
+    count_prior: float = Field(20.0, gt=0, description="Smoothing strength (pseudo-impressions) of the CTRs.")
+
+    @model_validator(mode="after")
+    def _names_are_usable(self) -> FeaturesConfig:
+        for where, specs in (("event", self.event), ("item", self.item)):
+            names = [spec.name for spec in specs]
+            if len(set(names)) != len(names):
+                raise ValueError(f"data.features.{where}: a column is listed twice: {names}")
+            reserved = {"item_id", "text"} if where == "item" else set(RESERVED_SAMPLE_COLUMNS) | {"item_id"}
+            clash = sorted(set(names) & reserved)
+            if clash:
+                raise ValueError(f"data.features.{where}: {clash} are contract columns, not side features")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.event or self.item or self.user_id or self.counts)
+
+
 class DataConfig(_Section):
     """Where the behaviour log lives and how samples are built from it."""
 
@@ -60,6 +115,7 @@ class DataConfig(_Section):
     train_fraction: float = Field(0.8, gt=0, lt=1, description="Oldest fraction of the log for training.")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Next fraction for validation.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
 
     @model_validator(mode="after")
     def _fractions_leave_a_test_split(self) -> DataConfig:
@@ -106,6 +162,12 @@ class ModelConfig(_Section):
     bert_trainable_layers: int = Field(
         0, ge=0, description="0 = frozen precomputed text embeddings; N > 0 fine-tunes the top N layers."
     )
+    feature_dim: int = Field(8, ge=1, description="Embedding size of each categorical side feature.")
+    feature_buckets: int = Field(
+        1000, ge=2, description="Hash buckets per categorical side feature (bucket 0: null/padding)."
+    )
+    user_buckets: int = Field(100_000, ge=2, description="Hash buckets of the user-id embedding.")
+    user_dim: int = Field(16, ge=1, description="User-id embedding size (data.features.user_id).")
 
 
 class TrainConfig(_Section):

@@ -27,7 +27,7 @@ from seqctr.platform.model.features import ItemIndex, index_path
 from seqctr.platform.runs import new_run_id, newest_run, run_root, write_latest
 from seqctr.platform.storage import absolute, basename, exists, join
 from seqctr.training.assets import ModelAssets, prepare_assets
-from seqctr.training.ingest import encode_dataset
+from seqctr.training.ingest import encode_dataset, side_of
 from seqctr.training.loop import train_loop_per_worker
 
 
@@ -41,6 +41,7 @@ def ensure_samples(cfg: ExperimentConfig) -> dict[str, Any]:
         train_fraction=cfg.data.train_fraction,
         val_fraction=cfg.data.val_fraction,
         items_path=items,
+        features=cfg.data.features,
     )
 
 
@@ -86,7 +87,7 @@ def _encoded_splits(cfg: ExperimentConfig, index_data: bytes) -> dict[str, ray.d
         samples = read_samples(cfg.data.samples, split)
         if split == "train" and cfg.train.max_train_samples:
             samples = samples.limit(cfg.train.max_train_samples)
-        encoded = encode_dataset(samples, index_data, cfg.model.id_buckets, cfg.data.max_seq_len)
+        encoded = encode_dataset(samples, index_data, cfg.model.id_buckets, cfg.data.max_seq_len, side=side_of(cfg))
         if split == "train" and cfg.train.shuffle == "global":
             # Stored samples run oldest to newest, so each worker's shard is one slice of time and the
             # model depends on the worker count (1 worker ends an epoch on the newest samples). Shuffled

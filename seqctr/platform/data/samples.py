@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from seqctr.platform.config import FeaturesConfig
 from seqctr.platform.data.contract import (
     EVENT_COLUMNS,
     DataError,
@@ -43,6 +44,17 @@ from seqctr.platform.data.contract import (
     to_unix_seconds,
     validate_events,
     validate_items,
+)
+from seqctr.platform.data.counts import (
+    COUNT_COLUMNS,
+    ITEM_CLICKS,
+    ITEM_COUNTS_FILE,
+    ITEM_IMPRESSIONS,
+    USER_CLICKS,
+    USER_IMPRESSIONS,
+    ItemCountTable,
+    period_summary,
+    user_counts,
 )
 from seqctr.platform.model.features import INDEX_FILE, ItemIndex, hash64
 from seqctr.platform.storage import (
@@ -56,7 +68,7 @@ from seqctr.platform.storage import (
     read_text,
 )
 
-SAMPLES_FORMAT = "seqctr.samples/v2"  # v2: history_ts beside history
+SAMPLES_FORMAT = "seqctr.samples/v2"  # v2: history_ts beside history (side and count columns: optional)
 SUCCESS_FILE = "_SUCCESS"
 SPLITS = ("train", "val", "test")
 SKETCH_POINTS = 2048  # timestamp summary points per block: split fractions are exact to ~1/2048
@@ -74,6 +86,22 @@ SAMPLES_SCHEMA = pa.schema(
         ("label", pa.int8()),
     ]
 )
+
+SideKinds = dict[str, str]  # event side column -> "categorical" | "numeric" (data.features.event)
+
+
+def side_kinds(features: FeaturesConfig | None) -> SideKinds:
+    return {spec.name: spec.kind for spec in features.event} if features else {}
+
+
+def samples_schema(side: SideKinds | None = None, counts: bool = False) -> pa.Schema:
+    """The samples' columns: the contract's, then each side column, then the counting columns."""
+    fields = list(SAMPLES_SCHEMA)
+    for name, kind in (side or {}).items():
+        fields.append(pa.field(name, pa.string() if kind == "categorical" else pa.float64()))
+    if counts:
+        fields += [pa.field(name, pa.int64()) for name in COUNT_COLUMNS]
+    return pa.schema(fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,12 +126,20 @@ _NORMALISE: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def normalise_events(batch: pa.Table) -> pa.Table:
-    """Contract types: ids as strings, timestamp as int64 seconds, label as int8, p_true float64.
+def normalise_events(batch: pa.Table, side: SideKinds | None = None) -> pa.Table:
+    """Contract types: ids as strings, timestamp as int64 seconds, label as int8, p_true float64; side
+    columns as strings (categorical; null stays null) or float64 (numeric; null becomes NaN).
 
-    Only the contract columns (and p_true) are kept, whichever of them the batch has."""
+    Only the contract columns (and p_true, and the `side` columns) are kept, whichever the batch has."""
     names = [name for name in _NORMALISE if name in batch.column_names]
-    return pa.table({name: _NORMALISE[name](batch.column(name)) for name in names})
+    columns = {name: _NORMALISE[name](batch.column(name)) for name in names}
+    for name, kind in (side or {}).items():
+        col = batch.column(name)
+        if kind == "categorical":
+            columns[name] = pc.cast(col, pa.string())
+        else:
+            columns[name] = pc.fill_null(pc.cast(col, pa.float64()), float("nan"))
+    return pa.table(columns)
 
 
 def read_events(path: str) -> ray.data.Dataset:
@@ -147,7 +183,9 @@ def _sorted_codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return rank[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def samples_from_events(events: pa.Table, max_seq_len: int) -> pa.Table:
+def samples_from_events(
+    events: pa.Table, max_seq_len: int, side: SideKinds | None = None, item_counts: ItemCountTable | None = None
+) -> pa.Table:
     """Samples of every event in `events` (any number of complete users), sorted by user, time.
 
     Rows are stably sorted by (user_id, timestamp, item_id): the item tie-break makes the order
@@ -156,6 +194,9 @@ def samples_from_events(events: pa.Table, max_seq_len: int) -> pa.Table:
     first row and the first row of i's (user, timestamp) tie group, so equal timestamps never leak.
     With `cpos` = running count of positives, that range is positives cpos[user_start] ..
     cpos[tie_start] - 1, of which the last max_seq_len are kept.
+
+    `side` columns are carried as they are; with `item_counts` (the build's table of the whole log)
+    each row also gets its user's and its item's impressions and clicks before it (counts.py).
     """
     if max_seq_len < 1:
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
@@ -197,6 +238,18 @@ def samples_from_events(events: pa.Table, max_seq_len: int) -> pa.Table:
     }
     if "p_true" in events.column_names:
         columns["p_true"] = events.column("p_true").take(take_order)
+    for name in side or {}:
+        columns[name] = events.column(name).take(take_order)
+    if item_counts is not None:
+        user_imp, user_clk = user_counts(new_user, new_tie, positive)
+        item_imp, item_clk = item_counts.before(hash64(items), ts)
+        for name, values in (
+            (USER_IMPRESSIONS, user_imp),
+            (USER_CLICKS, user_clk),
+            (ITEM_IMPRESSIONS, item_imp),
+            (ITEM_CLICKS, item_clk),
+        ):
+            columns[name] = pa.array(values, type=pa.int64())
     return pa.table(columns)
 
 
@@ -384,18 +437,34 @@ def _item_ids(items_path: str | None, event_ids: set[str]) -> tuple[list[str], l
 # ---------------------------------------------------------------------------------------------
 
 
-def _plan_reads(files: list[str], rows_per_unit: int) -> tuple[list[list[tuple[str, list[int]]]], list[str]]:
+def _check_side_columns(file: str, schema: pa.Schema, side: SideKinds) -> None:
+    """Every side column in every file, numeric ones of a numeric type: else a DataError naming both."""
+    for name, kind in side.items():
+        if name not in schema.names:
+            raise DataError(f"{file}: column {name!r} (data.features.event) is missing")
+        t = schema.field(name).type
+        if kind == "numeric" and not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+            raise DataError(f"{file}: column {name!r} is {t}, but data.features.event declares it numeric")
+        if kind == "categorical" and (pa.types.is_nested(t) or pa.types.is_binary(t)):
+            raise DataError(f"{file}: column {name!r} is {t}; a categorical side column needs scalar values")
+
+
+def _plan_reads(
+    files: list[str], rows_per_unit: int, side: SideKinds | None = None
+) -> tuple[list[list[tuple[str, list[int]]]], list[str]]:
     """(read units, columns to read), from the files' footers alone.
 
     A unit is a list of (file, row groups) of about `rows_per_unit` events: small files share a unit,
     a big file's row groups are spread over several, and a row group is never split (a file of one
-    10M-row group is one task). Columns: the contract's, plus p_true when every file has it."""
+    10M-row group is one task). Columns: the contract's, plus p_true when every file has it, plus the
+    `side` columns (checked in every file)."""
     units: list[list[tuple[str, list[int]]]] = []
     current: list[tuple[str, list[int]]] = []
     rows, with_p_true = 0, True
     for file in files:
         parquet = open_parquet(file)
         with_p_true &= "p_true" in parquet.schema_arrow.names
+        _check_side_columns(file, parquet.schema_arrow, side or {})
         groups: list[int] = []
         for g in range(parquet.metadata.num_row_groups):
             groups.append(g)
@@ -407,7 +476,8 @@ def _plan_reads(files: list[str], rows_per_unit: int) -> tuple[list[list[tuple[s
             current.append((file, groups))
     if current:
         units.append(current)
-    return units, [*EVENT_COLUMNS, "p_true"] if with_p_true else list(EVENT_COLUMNS)
+    columns = [*EVENT_COLUMNS, "p_true"] if with_p_true else list(EVENT_COLUMNS)
+    return units, columns + list(side or {})
 
 
 def _partition_count(rows: int) -> int:
@@ -416,14 +486,21 @@ def _partition_count(rows: int) -> int:
     return int(np.clip(-(-rows // ROWS_PER_PARTITION), max(1, cpus), MAX_PARTITIONS))
 
 
-def _read_and_partition(unit: list[tuple[str, list[int]]], columns: list[str], num_partitions: int) -> list[Any]:
+def _read_and_partition(
+    unit: list[tuple[str, list[int]]],
+    columns: list[str],
+    num_partitions: int,
+    side: SideKinds | None = None,
+    count_period_s: int | None = None,
+) -> list[Any]:
     """Read task: [summary, partition 0, ..., partition P-1] of one slice of the log.
 
     Partition = hash64(user_id) % P (stable in every process), so each user's events meet in one
     reduce task whichever files they came from. Each partition is a copy of its rows (a `take`, not a
-    slice of the whole block, so the object store carries only those rows)."""
+    slice of the whole block, so the object store carries only those rows). With `count_period_s`, the
+    summary also carries the slice's (item, period) counts (counts.period_summary)."""
     tables = [open_parquet(file).read_row_groups(groups, columns=columns) for file, groups in unit]
-    events = normalise_events(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+    events = normalise_events(pa.concat_tables(tables) if len(tables) > 1 else tables[0], side)
     values, weights = _sketch(events.column("timestamp").to_numpy())
     summary = {
         "rows": events.num_rows,
@@ -431,6 +508,10 @@ def _read_and_partition(unit: list[tuple[str, list[int]]], columns: list[str], n
         "sketch_weight": weights,
         "items": pc.unique(events.column("item_id")),
     }
+    if count_period_s:
+        labels = events.column("label").to_numpy(zero_copy_only=False)
+        ts = events.column("timestamp").to_numpy()
+        summary["item_periods"] = period_summary(hash64(events.column("item_id")), ts, labels, count_period_s)
     part = (hash64(events.column("user_id")) % np.uint64(num_partitions)).astype(np.int64)
     order = np.argsort(part, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=num_partitions))])
@@ -438,17 +519,37 @@ def _read_and_partition(unit: list[tuple[str, list[int]]], columns: list[str], n
     return [summary, *pieces]
 
 
+def _train_stats(samples: pa.Table, mask: np.ndarray, side: SideKinds) -> dict[str, list[float]]:
+    """[count, sum, sum of squares] of each numeric side column over the train rows (NaN skipped), and
+    [rows, clicks] of the labels: mergeable across partitions into the train split's statistics."""
+    stats = {"_label": [float(mask.sum()), float(samples.column("label").to_numpy()[mask].sum())]}
+    for name, kind in side.items():
+        if kind == "numeric":
+            values = samples.column(name).to_numpy(zero_copy_only=False)[mask]
+            values = values[np.isfinite(values)]
+            stats[name] = [float(values.size), float(values.sum()), float(np.square(values).sum())]
+    return stats
+
+
 def _samples_and_write(
-    folder: str, k: int, max_seq_len: int, t_val: int, t_test: int, *pieces: pa.Table
-) -> dict[str, int]:
+    folder: str,
+    k: int,
+    max_seq_len: int,
+    t_val: int,
+    t_test: int,
+    side: SideKinds,
+    item_counts: ItemCountTable | None,
+    *pieces: pa.Table,
+) -> dict[str, Any]:
     """Reduce task: samples of every user of partition `k`, each split written as `folder/<split>/part-k`.
 
-    Returns rows and bytes per split. Rerunning it (a retried task) rewrites the same files."""
-    samples = samples_from_events(pa.concat_tables(pieces), max_seq_len)
+    Returns rows and bytes per split and the train rows' statistics (`_train_stats`). Rerunning it (a
+    retried task) rewrites the same files."""
+    samples = samples_from_events(pa.concat_tables(pieces), max_seq_len, side, item_counts)
     ts = samples.column("timestamp").to_numpy()
     fs, base = filesystem_for(folder)
     masks = {"train": ts < t_val, "val": (ts >= t_val) & (ts < t_test), "test": ts >= t_test}
-    out: dict[str, int] = {}
+    out: dict[str, Any] = {"train_stats": _train_stats(samples, masks["train"], side)}
     for split, mask in masks.items():
         out[split] = rows = int(mask.sum())
         out[f"{split}_bytes"] = 0
@@ -505,16 +606,17 @@ def _wait_all(refs: list[ray.ObjectRef], progress: Progress, rows_of: Callable[[
 
 
 def _read_phase(
-    files: list[str], rows: int, say: Callable[[str], None]
-) -> tuple[list[list[ray.ObjectRef]], np.ndarray, np.ndarray, set[str]]:
+    files: list[str], rows: int, say: Callable[[str], None], side: SideKinds, count_period_s: int | None
+) -> tuple[list[list[ray.ObjectRef]], np.ndarray, np.ndarray, set[str], ItemCountTable | None]:
     """Start the read tasks; wait for their summaries. Returns (each task's partition refs, sketch
-    timestamps, sketch weights, distinct item ids); the partitions stay in the object store."""
+    timestamps, sketch weights, distinct item ids, the item count table when asked); the partitions
+    stay in the object store."""
     if not ray.is_initialized():
         ray.init()
     num_partitions = _partition_count(rows)
-    units, columns = _plan_reads(files, ROWS_PER_READ)
+    units, columns = _plan_reads(files, ROWS_PER_READ, side)
     read = ray.remote(_read_and_partition).options(num_returns=num_partitions + 1)
-    outputs = [read.remote(unit, columns, num_partitions) for unit in units]
+    outputs = [read.remote(unit, columns, num_partitions, side, count_period_s) for unit in units]
     say(f"reading {rows:,} events in {len(units)} task(s) into {num_partitions} partition(s) by user")
     summaries = _wait_all([out[0] for out in outputs], Progress(say, "read", rows), lambda s: s["rows"])
     event_ids: set[str] = set()
@@ -522,7 +624,10 @@ def _read_phase(
         event_ids.update(summary["items"].to_pylist())
     values = np.concatenate([s["sketch_ts"] for s in summaries])
     weights = np.concatenate([s["sketch_weight"] for s in summaries])
-    return [out[1:] for out in outputs], values, weights, event_ids
+    counts = None
+    if count_period_s:
+        counts = ItemCountTable.merge([s.pop("item_periods") for s in summaries], count_period_s)
+    return [out[1:] for out in outputs], values, weights, event_ids, counts
 
 
 def _write_phase(
@@ -533,28 +638,49 @@ def _write_phase(
     t_test: int,
     rows: int,
     say: Callable[[str], None],
-) -> dict[str, int]:
+    side: SideKinds,
+    item_counts: ItemCountTable | None,
+) -> dict[str, Any]:
     """One samples + write task per partition (fed that partition from every read task); a split
-    that got no rows gets an empty file with the schema. Returns rows and bytes per split."""
+    that got no rows gets an empty file with the schema. Returns rows and bytes per split and the
+    train split's statistics (feature means and standard deviations, click rate)."""
     fs, base = filesystem_for(folder)
     for split in SPLITS:
         fs.create_dir(f"{base}/{split}", recursive=True)
     write = ray.remote(_samples_and_write)
+    counts_ref = ray.put(item_counts) if item_counts is not None else None  # once in the store, not per task
     written = [
-        write.remote(folder, k, max_seq_len, t_val, t_test, *(parts[k] for parts in partitions))
+        write.remote(folder, k, max_seq_len, t_val, t_test, side, counts_ref, *(parts[k] for parts in partitions))
         for k in range(len(partitions[0]))
     ]
     partitions.clear()  # drop the driver's refs: each partition is freed once its task has read it
     results = _wait_all(written, Progress(say, "samples", rows, "samples"), lambda r: sum(r[s] for s in SPLITS))
-    totals = {key: sum(r[key] for r in results) for key in results[0]}
+    totals: dict[str, Any] = {key: sum(r[key] for r in results) for key in results[0] if key != "train_stats"}
+    schema = samples_schema(side, item_counts is not None)
     for split in SPLITS:
         if totals[split] == 0:
-            pq.write_table(SAMPLES_SCHEMA.empty_table(), f"{base}/{split}/empty.parquet", filesystem=fs)
+            pq.write_table(schema.empty_table(), f"{base}/{split}/empty.parquet", filesystem=fs)
+    totals["train_stats"] = _merged_stats([r["train_stats"] for r in results])
     return totals
 
 
-def _output_paths(out: str) -> dict[str, str]:
-    return {split: join(out, split) for split in SPLITS} | {"item_index": join(out, INDEX_FILE)}
+def _merged_stats(parts: list[dict[str, list[float]]]) -> dict[str, Any]:
+    """Per numeric side column {mean, std} of the train split (std 1 when it has no spread), and the
+    train click rate `ctr` (what the counting features' smoothed CTRs shrink towards)."""
+    summed = {key: np.sum([p[key] for p in parts], axis=0) for key in parts[0]}
+    rows, clicks = summed.pop("_label")
+    out: dict[str, Any] = {"ctr": float(clicks / rows) if rows else 0.0, "numeric": {}}
+    for name, (count, total, squares) in summed.items():
+        mean = total / count if count else 0.0
+        var = squares / count - mean**2 if count else 0.0
+        std = float(np.sqrt(var)) if var > 1e-12 else 1.0
+        out["numeric"][name] = {"mean": float(mean), "std": std}
+    return out
+
+
+def _output_paths(out: str, counts: bool = False) -> dict[str, str]:
+    paths = {split: join(out, split) for split in SPLITS} | {"item_index": join(out, INDEX_FILE)}
+    return paths | ({"item_counts": join(out, ITEM_COUNTS_FILE)} if counts else {})
 
 
 def build_and_write(
@@ -565,8 +691,13 @@ def build_and_write(
     val_fraction: float,
     items_path: str | None = None,
     progress: Callable[[str], None] | None = _stage,
+    features: FeaturesConfig | None = None,
 ) -> dict[str, Any]:
     """Events -> `out/{train,val,test}/*.parquet` + `out/item_index.parquet` + `out/_SUCCESS` (meta).
+
+    `features` (data.features): its event side columns are carried into the samples; with `counts`,
+    every sample gets its leak-free counting columns and `out/item_counts.parquet` is the serving
+    feature table (counts.py). The train split's feature statistics go into the report.
 
     `out` may be a local path (built beside it and renamed into place) or a URI (written in place,
     `_SUCCESS` last: storage.output_dir); either way readers never trust half a build.
@@ -581,7 +712,15 @@ def build_and_write(
     out_dir = out.rstrip("/") if is_uri(out) else str(Path(out).resolve())
     events_files = list_parquet_files(events_path)
     items_files = list_parquet_files(items_path) if items_path else []
-    params = {"max_seq_len": max_seq_len, "train_fraction": train_fraction, "val_fraction": val_fraction}
+    params: dict[str, Any] = {
+        "max_seq_len": max_seq_len,
+        "train_fraction": train_fraction,
+        "val_fraction": val_fraction,
+    }
+    side = side_kinds(features)
+    count_period_s = features.count_period_s if features and features.counts else None
+    if side or count_period_s:  # absent otherwise, so builds without features keep their fingerprint
+        params["features"] = {"event": side, "count_period_s": count_period_s}
     fingerprint = build_fingerprint(events_files, items_files, params)
     meta_path = join(out_dir, SUCCESS_FILE)
     if is_file(meta_path):
@@ -589,7 +728,8 @@ def build_and_write(
         if meta.get("fingerprint") == fingerprint:
             say(f"reusing {out_dir}: inputs and parameters unchanged")
             seconds = time.perf_counter() - start  # samples_per_s stays the original build's
-            return {**meta["report"], "paths": _output_paths(out_dir), "cached": True, "seconds": seconds}
+            paths = _output_paths(out_dir, bool(count_period_s))
+            return {**meta["report"], "paths": paths, "cached": True, "seconds": seconds}
 
     say(f"validating {len(events_files)} event file(s) in {events_path}")
     summary = validate_events(events_path)
@@ -597,16 +737,21 @@ def build_and_write(
         validate_items(items_path)
     rows = int(summary["rows"])
     stages = {"validate": time.perf_counter() - start}
-    partitions, sketch_ts, sketch_weight, event_ids = _read_phase(events_files, rows, say)
+    partitions, sketch_ts, sketch_weight, event_ids, item_counts = _read_phase(
+        events_files, rows, say, side, count_period_s
+    )
     t_val, t_test = boundaries_from_sketch(sketch_ts, sketch_weight, train_fraction, val_fraction)
     table_ids, event_only = _item_ids(items_path, event_ids)
     index = ItemIndex.from_ids(table_ids).extend(event_only)
     stages["read"] = time.perf_counter() - start - sum(stages.values())
     say(f"building samples (max_seq_len={max_seq_len}) and writing splits to {out_dir}")
     with output_dir(out_dir, SUCCESS_FILE) as tmp:
-        written = _write_phase(partitions, tmp, max_seq_len, t_val, t_test, rows, say)
+        written = _write_phase(partitions, tmp, max_seq_len, t_val, t_test, rows, say, side, item_counts)
         split_rows = {split: written[split] for split in SPLITS}
         index.save(join(tmp, INDEX_FILE))
+        if item_counts is not None:
+            fs, inner = filesystem_for(join(tmp, ITEM_COUNTS_FILE))
+            pq.write_table(item_counts.item_totals(index.id_array), inner, filesystem=fs)
         stages["samples"] = time.perf_counter() - start - sum(stages.values())
         seconds = time.perf_counter() - start
         report = {
@@ -619,7 +764,8 @@ def build_and_write(
             "samples_per_s": sum(split_rows.values()) / max(seconds, 1e-9),
             "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
             "bytes_written": sum(written[f"{split}_bytes"] for split in SPLITS),
-            "paths": _output_paths(out_dir),
+            "train_stats": written["train_stats"],
+            "paths": _output_paths(out_dir, item_counts is not None),
             "cached": False,
         }
         meta = {"format": SAMPLES_FORMAT, "fingerprint": fingerprint, "params": params, "report": report}

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save, save_file
 
 from seqctr.platform.config import ExperimentConfig, config_from_dict
 from seqctr.platform.model.features import INDEX_FILE, LEGACY_INDEX_FILE, ItemIndex
+from seqctr.platform.model.side import ITEM_TABLE_KEYS
 from seqctr.platform.storage import (
     atomic_dir,
     atomic_write_bytes,
@@ -169,7 +170,9 @@ def save_checkpoint(
     """
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    text_keys = [k for k in state if k.split(".")[-1] == TEXT_TABLE_KEY]
+    # Item-aligned tables (text embeddings, item side columns, item counts) change only with the data,
+    # so with `shared_tables` they are stored once per run and referenced by checksum.
+    text_keys = [k for k in state if k.split(".")[-1] in (TEXT_TABLE_KEY, *ITEM_TABLE_KEYS)]
     text_tables = {k: state.pop(k) for k in text_keys}
     shared = {}
     if shared_tables is not None and text_tables:

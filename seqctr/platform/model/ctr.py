@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from seqctr.platform.config import ModelConfig
 from seqctr.platform.model.features import AGE_BUCKETS
+from seqctr.platform.model.side import SIDE_INPUTS, ItemSide, SampleSide, SideLayout
 
 PAD, UNKNOWN = 0, 1
 FROZEN_CACHE_BYTES = 1 << 30  # fine-tuning: cache the frozen BERT layers' output when it fits in this
@@ -69,9 +70,11 @@ class ItemEmbedding(nn.Module):
         text_table: Tensor | None = None,
         bert: nn.Module | None = None,
         item_tokens: tuple[Tensor, Tensor] | None = None,
+        side: ItemSide | None = None,
     ) -> None:
         super().__init__()
         self.num_items = num_items
+        self.side = side  # item-table columns (data.features.item), added to every item vector
         self.text_dim = text_dim if cfg.text else 0
         self.id_embedding = nn.Embedding(cfg.id_buckets, cfg.embed_dim, padding_idx=PAD)
         nn.init.normal_(self.id_embedding.weight, std=0.1)
@@ -208,6 +211,8 @@ class ItemEmbedding(nn.Module):
         vec = self.id_embedding(bucket)  # (..., D)
         if self.text_proj is not None and text is not None:
             vec = vec + self.text_proj(text)
+        if self.side is not None:
+            vec = vec + self.side(clamp_item_index(idx, self.num_items))
         return vec * (idx != PAD).unsqueeze(-1).to(vec.dtype)  # padding -> exactly zero
 
 
@@ -284,7 +289,13 @@ class TargetAttention(nn.Module):
 
 
 class CTRModel(nn.Module):
-    """Item vectors -> sequence encoder -> [last, pool, target, last*target] -> MLP -> logit."""
+    """Item vectors -> sequence encoder -> [last, pool, target, last*target, side] -> MLP -> logit.
+
+    `side_layout` (data.features) adds the side inputs (side.py): item-table columns in every item
+    vector, and per-sample user/context/count features beside the history in the head's input.
+    `side_tables` are the item-aligned tables, `side_stats` the train split's statistics; a model
+    rebuilt from a checkpoint gets both from its state dict.
+    """
 
     def __init__(
         self,
@@ -294,6 +305,9 @@ class CTRModel(nn.Module):
         text_table: Tensor | None = None,
         bert: nn.Module | None = None,
         item_tokens: tuple[Tensor, Tensor] | None = None,
+        side_layout: SideLayout | None = None,
+        side_tables: dict[str, np.ndarray] | None = None,
+        side_stats: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Range checks of the inputs cost one device->host sync per forward; training turns them off
@@ -309,7 +323,17 @@ class CTRModel(nn.Module):
         self.num_items = num_items
         self.text_dim = text_dim if cfg.text else 0
         H = cfg.hidden_size
-        self.items = ItemEmbedding(cfg, num_items, text_dim, text_table, bert, item_tokens)
+        layout = side_layout or SideLayout()
+        self.side_layout = layout
+        item_side = None
+        if layout.item_cat or layout.item_num:
+            item_side = ItemSide(cfg, layout, num_items, side_tables or {})
+        self.items = ItemEmbedding(cfg, num_items, text_dim, text_table, bert, item_tokens, item_side)
+        self.sample_side: SampleSide | None = None
+        side_width = 0
+        if layout.per_sample:
+            self.sample_side = SampleSide(cfg, layout, num_items, side_tables or {}, side_stats)
+            side_width = self.sample_side.sample_width + self.sample_side.target_width
         # The age of a click tells whether it belongs to the current session, whose intent it reveals.
         self.age_embedding: nn.Embedding | None = None
         if cfg.time_features:
@@ -320,7 +344,7 @@ class CTRModel(nn.Module):
         self.encoder = SequenceEncoder(cfg)
         self.target_proj = nn.Linear(cfg.embed_dim, H)
         self.attention = TargetAttention(H) if cfg.attention else None
-        self.head = mlp(4 * H, cfg.mlp_hidden, cfg.dropout)
+        self.head = mlp(4 * H + side_width, cfg.mlp_hidden, cfg.dropout)
 
     # -- inputs
 
@@ -444,9 +468,28 @@ class CTRModel(nn.Module):
             return hist_vec
         return hist_vec + self.age_embedding(hist_age).to(hist_vec.dtype)  # (B, L, D)
 
-    def _score(self, history: HistoryState, target_vec: Tensor, group: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _side_vectors(
+        self, side: dict[str, Tensor] | None, rows: int, target_idx: Tensor
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """(per history row (B, S), per target (N, St)) side vectors; (None, None) without side inputs."""
+        if self.sample_side is None:
+            return None, None
+        side = side or {}
+        target_idx = clamp_item_index(target_idx, self.num_items)
+        per_row = self.sample_side.per_sample(side, rows, target_idx.device)
+        return per_row, self.sample_side.per_target(side, target_idx)
+
+    def _score(
+        self,
+        history: HistoryState,
+        target_vec: Tensor,
+        group: Tensor | None = None,
+        row_side: Tensor | None = None,
+        target_side: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Logits (N,) and history weights (N, L) of N targets, target n against history row group[n]
-        (None: row n). Without attention the pool is computed once per history, not per target."""
+        (None: row n). Without attention the pool is computed once per history, not per target.
+        `row_side` (B, S) and `target_side` (N, St): the side vectors, joined to the head's input."""
 
         def per_target(x: Tensor) -> Tensor:
             return x if group is None else x[group]
@@ -459,7 +502,12 @@ class CTRModel(nn.Module):
             m = history.mask.to(t.dtype)
             weights = per_target(m / m.sum(1, keepdim=True).clamp(min=1.0))  # (N, L) the mean's weights
             pool = per_target(masked_mean(history.outputs, history.mask))  # (N, H)
-        features = torch.cat([last, pool, t, last * t], dim=-1)  # (N, 4H)
+        parts = [last, pool, t, last * t]  # 4 x (N, H)
+        if row_side is not None:
+            parts.append(per_target(row_side).to(t.dtype))  # (N, S)
+        if target_side is not None:
+            parts.append(target_side.to(t.dtype))  # (N, St)
+        features = torch.cat(parts, dim=-1)  # (N, 4H + S + St)
         return self.head(features).squeeze(-1), weights  # (N,), (N, L)
 
     def forward(self, batch: dict[str, Tensor], return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -481,7 +529,10 @@ class CTRModel(nn.Module):
             batch.get("target_text"),
             batch.get("target_text_mask"),
         )
-        logits, weights = self._score(self.encoder(self._with_age(hist_vec, hist_age), hist_len), tgt_vec)
+        side = {k: batch[k] for k in SIDE_INPUTS if k in batch}
+        row_side, target_side = self._side_vectors(side, hist_len.shape[0], batch["target_idx"])
+        history = self.encoder(self._with_age(hist_vec, hist_age), hist_len)
+        logits, weights = self._score(history, tgt_vec, None, row_side, target_side)
         return (logits, weights) if return_attention else logits
 
     def score_groups(
@@ -496,11 +547,13 @@ class CTRModel(nn.Module):
         target_text_mask: Tensor | None = None,
         hist_age: Tensor | None = None,
         return_attention: bool = False,
+        side: dict[str, Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Logits (N,) of N candidates over B histories (B, L) at once (a serving batch): candidate n
         is scored against history row `group[n]`. Each history is encoded (and, without attention,
         pooled) once, and one head pass covers all N; equals forward() on the expanded batch. With
-        `return_attention` also the weights (N, L)."""
+        `return_attention` also the weights (N, L). `side`: per-row inputs (B, ...) and, optionally,
+        `target_counts` (N, 2); absent ones read as missing (side.py)."""
         if target_idx.dim() != 1 or target_bucket.shape != target_idx.shape or group.shape != target_idx.shape:
             raise ValueError(
                 f"target_idx {tuple(target_idx.shape)}, target_bucket {tuple(target_bucket.shape)} and "
@@ -509,7 +562,8 @@ class CTRModel(nn.Module):
         hist_idx, hist_bucket, hist_age = self._checked(hist_idx, hist_bucket, hist_len, target_bucket, hist_age, group)
         history = self._encode_history(hist_idx, hist_bucket, hist_len, hist_age)  # (B, L, H), (B, H), (B, L)
         _, tgt_vec = self._embed(None, None, target_idx, target_bucket, target_text, target_text_mask)  # (N, D)
-        logits, weights = self._score(history, tgt_vec, group)  # (N,), (N, L)
+        row_side, target_side = self._side_vectors(side, hist_idx.shape[0], target_idx)
+        logits, weights = self._score(history, tgt_vec, group, row_side, target_side)  # (N,), (N, L)
         return (logits, weights) if return_attention else logits
 
     def score_candidates(
@@ -522,13 +576,23 @@ class CTRModel(nn.Module):
         target_text: Tensor | None = None,
         target_text_mask: Tensor | None = None,
         hist_age: Tensor | None = None,
+        side: dict[str, Tensor] | None = None,
     ) -> Tensor:
         """Logits (C,) of C candidates for one user's history (1, L): `score_groups` with one group."""
         if hist_idx.dim() != 2 or hist_idx.shape[0] != 1:
             raise ValueError(f"score_candidates takes one user's history (1, L), got {tuple(hist_idx.shape)}")
         group = torch.zeros_like(target_idx)  # (C,) every candidate against row 0
         return self.score_groups(
-            hist_idx, hist_bucket, hist_len, target_idx, target_bucket, group, target_text, target_text_mask, hist_age
+            hist_idx,
+            hist_bucket,
+            hist_len,
+            target_idx,
+            target_bucket,
+            group,
+            target_text,
+            target_text_mask,
+            hist_age,
+            side=side,
         )
 
     # -- optimisation
@@ -552,8 +616,10 @@ def build_model(
     text_dim: int | None = None,
     bert: nn.Module | None = None,
     item_tokens: tuple[Tensor, Tensor] | None = None,
+    **side: Any,
 ) -> CTRModel:
-    """A CTRModel whose text size is read from the table (frozen) or BERT (fine-tune) when not given."""
+    """A CTRModel whose text size is read from the table (frozen) or BERT (fine-tune) when not given.
+    `side`: side_layout / side_tables / side_stats (see CTRModel)."""
     table = None
     if text_table is not None:
         table = torch.as_tensor(np.asarray(text_table, dtype=np.float32))
@@ -568,7 +634,7 @@ def build_model(
             raise ValueError("model.text=true needs a text_table, a BERT model or an explicit text_dim")
         else:
             text_dim = 0
-    return CTRModel(cfg, num_items, text_dim, text_table=table, bert=bert, item_tokens=item_tokens)
+    return CTRModel(cfg, num_items, text_dim, text_table=table, bert=bert, item_tokens=item_tokens, **side)
 
 
 __all__ = [

@@ -105,7 +105,8 @@ def hash64(ids: IdColumn, seed: int = 0) -> np.ndarray:
     padded, starts, lengths = _utf8_buffers(values)
     # words[p] = the 8 bytes at p as one little-endian uint64 (an unaligned, overlapping view).
     words = np.ndarray(shape=(padded.size - 7,), dtype="<u8", buffer=padded, strides=(1,))
-    h = _mix64(lengths.astype(np.uint64) ^ (np.uint64(seed) * _GOLDEN))
+    salt = np.uint64((seed * int(_GOLDEN)) & 0xFFFF_FFFF_FFFF_FFFF)  # wraps like uint64, without a warning
+    h = _mix64(lengths.astype(np.uint64) ^ salt)
     n_words = (lengths + 7) // 8
     shortest = int(lengths.min())
     for k in range(int(n_words.max())):

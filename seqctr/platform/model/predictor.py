@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from seqctr.platform.config import ExperimentConfig
-from seqctr.platform.model.checkpoint import CheckpointContents, read_checkpoint
+from seqctr.platform.model.checkpoint import TEXT_TABLE_KEY, CheckpointContents, read_checkpoint
 from seqctr.platform.model.ctr import CTRModel
 from seqctr.platform.model.features import MODEL_INPUTS, ItemIndex
+from seqctr.platform.model.side import SIDE_INPUTS, SideLayout
 
 BERT_CONFIG_FILE = "bert_config.json"
 
@@ -36,7 +37,7 @@ class LoadedModel:
         for start in range(0, n, batch_size):
             batch = {
                 k: torch.tensor(arrays[k][start : start + batch_size], device=self.device)
-                for k in MODEL_INPUTS
+                for k in (*MODEL_INPUTS, *SIDE_INPUTS)
                 if k in arrays  # encoded samples without hist_age: the model treats ages as unknown
             }
             out[start : start + batch_size] = torch.sigmoid(self.model(batch)).float().cpu().numpy()
@@ -50,7 +51,7 @@ def model_from_contents(contents: CheckpointContents, device: str | torch.device
         cfg = cfg.with_overrides({"model.time_features": False})
         contents.config = cfg
     index_rows = len(contents.index)
-    table = next(iter(contents.text_tables.values()), None)
+    table = next((v for k, v in contents.text_tables.items() if k.endswith(TEXT_TABLE_KEY)), None)
     bert, tokens = None, None
     if cfg.model.text and cfg.model.bert_trainable_layers > 0:
         from transformers import BertConfig, BertModel
@@ -69,6 +70,7 @@ def model_from_contents(contents: CheckpointContents, device: str | torch.device
         text_table=table,
         bert=bert,
         item_tokens=tokens,
+        side_layout=SideLayout.from_config(cfg.data.features),  # its tables and statistics: from the state
     )
     model.load_state_dict(contents.full_state())
     return model.to(device).eval()

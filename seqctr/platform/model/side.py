@@ -1,0 +1,302 @@
+"""Side features: what a real CTR log carries beside histories and texts (data.features).
+
+Three families, one module, so training, evaluation and serving encode them the same way:
+- per sample (a history row): a hashed user-id embedding, categorical context columns (hashed
+  embeddings) and numeric ones (standardised with the train split's statistics, kept as model buffers
+  so a checkpoint normalises exactly as its training did), and the user's leak-free counts;
+- per target: the item's leak-free counts (training: from the samples; serving: the build's
+  whole-log feature table, a model buffer aligned with the item index);
+- per item: item-table columns (category, brand, price, ...) added to every item vector, so history
+  items carry them too (buffers aligned with the item index, built once by `item_side_tables`).
+
+Encoding here is numpy (ingest and serving); the counts' transform (log counts, smoothed log-odds)
+runs inside the model, once for every path. Unknown values never fail: categorical values hash into
+buckets (null = bucket 0, a learned "missing"), numeric NaN becomes the mean, unknown items get zeros.
+Nothing here grows with the catalogue per batch: item tables are indexed by row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch import Tensor, nn
+
+from seqctr.platform.config import FeaturesConfig, ModelConfig
+from seqctr.platform.model.features import hash64
+
+# Counting columns of the samples (written by the build, platform/data/counts.py).
+USER_IMPRESSIONS = "count_user_impressions"
+USER_CLICKS = "count_user_clicks"
+ITEM_IMPRESSIONS = "count_item_impressions"
+ITEM_CLICKS = "count_item_clicks"
+COUNT_COLUMNS = (USER_IMPRESSIONS, USER_CLICKS, ITEM_IMPRESSIONS, ITEM_CLICKS)
+SIDE_INPUTS = ("user_bucket", "ctx_cat", "ctx_num", "user_counts", "target_counts")
+ITEM_TABLE_KEYS = ("item_side_cat", "item_side_num", "item_counts")  # buffers stored like the text table
+USER_SEED = 0x05E2  # salts: a user's bucket does not follow its id's item bucket, features differ
+FEATURE_SEED = 0x0FEA
+
+
+@dataclass(frozen=True)
+class SideLayout:
+    """Which side inputs a model reads, from `data.features` (names in config order)."""
+
+    event_cat: tuple[str, ...] = ()
+    event_num: tuple[str, ...] = ()
+    item_cat: tuple[str, ...] = ()
+    item_num: tuple[str, ...] = ()
+    user_id: bool = False
+    counts: bool = False
+    count_prior: float = 20.0
+
+    @classmethod
+    def from_config(cls, features: FeaturesConfig) -> SideLayout:
+        def names(specs: list, kind: str) -> tuple[str, ...]:
+            return tuple(s.name for s in specs if s.kind == kind)
+
+        return cls(
+            event_cat=names(features.event, "categorical"),
+            event_num=names(features.event, "numeric"),
+            item_cat=names(features.item, "categorical"),
+            item_num=names(features.item, "numeric"),
+            user_id=features.user_id,
+            counts=features.counts,
+            count_prior=features.count_prior,
+        )
+
+    @property
+    def per_sample(self) -> bool:
+        return bool(self.user_id or self.event_cat or self.event_num or self.counts)
+
+
+def _arrow_string(value: Any) -> str | None:
+    """A value as the build's cast to string writes it (1.0 -> "1", True -> "true"); null stays null."""
+    if value is None or isinstance(value, str):
+        return value
+    return pc.cast(pa.scalar(value), pa.string()).as_py()
+
+
+def category_buckets(values: Any, num_buckets: int, feature: int = 0) -> np.ndarray:
+    """(n,) int64 buckets in [1, num_buckets) of any values (as strings); null -> 0. Vectorised."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        array = values
+    else:  # Python values of any type (a request's JSON): each as Arrow casts it, as the build's columns
+        array = pa.array([_arrow_string(v) for v in values], type=pa.string())
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    strings = pc.cast(array, pa.string()) if array.type != pa.string() else array
+    filled = pc.fill_null(strings, "")
+    buckets = (hash64(filled, FEATURE_SEED + feature) % np.uint64(num_buckets - 1)).astype(np.int64) + 1
+    if strings.null_count:
+        buckets[pc.is_null(strings).to_numpy(zero_copy_only=False)] = 0
+    return buckets
+
+
+def user_buckets(user_ids: Any, num_buckets: int) -> np.ndarray:
+    return category_buckets(user_ids, num_buckets, USER_SEED - FEATURE_SEED)
+
+
+def _numeric(values: Any) -> np.ndarray:
+    array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, type=pa.float64())
+    return pc.fill_null(pc.cast(array, pa.float64()), float("nan")).to_numpy(zero_copy_only=False)
+
+
+def _column(batch: pa.Table | dict[str, Any], name: str) -> Any:
+    if isinstance(batch, pa.Table):
+        return batch.column(name) if name in batch.column_names else None
+    return batch.get(name)
+
+
+def encode_side(batch: pa.Table | dict[str, Any], layout: SideLayout, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """The per-sample side arrays of a batch of samples (columns by name; see SIDE_INPUTS).
+
+    A declared column missing from the batch is an error naming it (samples built without it)."""
+    out: dict[str, np.ndarray] = {}
+
+    def need(name: str) -> Any:
+        col = _column(batch, name)
+        if col is None:
+            raise ValueError(f"samples lack column {name!r} (data.features); rebuild with `seqctr data build`")
+        return col
+
+    if layout.user_id:
+        out["user_bucket"] = user_buckets(need("user_id"), cfg.user_buckets)
+    if layout.event_cat:
+        cols = [category_buckets(need(n), cfg.feature_buckets, f) for f, n in enumerate(layout.event_cat)]
+        out["ctx_cat"] = np.stack(cols, axis=1)
+    if layout.event_num:
+        out["ctx_num"] = np.stack([_numeric(need(n)) for n in layout.event_num], axis=1).astype(np.float32)
+    if layout.counts:
+
+        def pair(a: str, b: str) -> np.ndarray:
+            return np.stack([_numeric(need(a)), _numeric(need(b))], axis=1).astype(np.float32)
+
+        out["user_counts"] = pair(USER_IMPRESSIONS, USER_CLICKS)
+        out["target_counts"] = pair(ITEM_IMPRESSIONS, ITEM_CLICKS)
+    return out
+
+
+def item_side_tables(
+    layout: SideLayout,
+    cfg: ModelConfig,
+    rows: np.ndarray,
+    columns: dict[str, Any],
+    num_items: int,
+    counts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Item-index-aligned tables: `rows` (the index rows of the item table's ids, 1 = unknown) and its
+    `columns`; numeric columns are standardised over the item table here (no labels involved).
+    `counts`: (rows, impressions, clicks) of the build's feature table. Padding/unknown rows stay 0."""
+    known = rows >= 2
+    out: dict[str, np.ndarray] = {}
+    if layout.item_cat:
+        table = np.zeros((num_items, len(layout.item_cat)), dtype=np.int64)
+        for f, name in enumerate(layout.item_cat):
+            table[rows[known], f] = category_buckets(columns[name], cfg.feature_buckets, 100 + f)[known]
+        out["item_side_cat"] = table
+    if layout.item_num:
+        table = np.zeros((num_items, len(layout.item_num)), dtype=np.float32)
+        for f, name in enumerate(layout.item_num):
+            values = _numeric(columns[name])[known]
+            finite = np.isfinite(values)
+            mean = values[finite].mean() if finite.any() else 0.0
+            std = values[finite].std() if finite.sum() > 1 else 1.0
+            table[rows[known], f] = np.where(finite, (values - mean) / (std if std > 1e-12 else 1.0), 0.0)
+        out["item_side_num"] = table
+    if layout.counts:
+        table = np.zeros((num_items, 2), dtype=np.float32)
+        if counts is not None:
+            count_rows, impressions, clicks = counts
+            ok = count_rows >= 2
+            table[count_rows[ok], 0], table[count_rows[ok], 1] = impressions[ok], clicks[ok]
+        out["item_counts"] = table
+    return out
+
+
+def count_features(counts: Tensor, prior_ctr: Tensor, prior: float) -> Tensor:
+    """(…, 2) impressions, clicks -> (…, 3): log1p of each, and the smoothed log-odds of clicking."""
+    impressions, clicks = counts[..., 0].clamp(min=0), counts[..., 1].clamp(min=0)
+    clicks = torch.minimum(clicks, impressions)
+    p = prior_ctr.clamp(1e-4, 1 - 1e-4)
+    log_odds = torch.log((clicks + prior * p) / (impressions - clicks + prior * (1 - p)))
+    return torch.stack([torch.log1p(impressions) / 4, torch.log1p(clicks) / 4, log_odds], dim=-1)
+
+
+class ItemSide(nn.Module):
+    """Item-table columns added to an item vector: a hashed embedding per categorical column and a
+    linear map of the standardised numeric ones, looked up by item row."""
+
+    def __init__(self, cfg: ModelConfig, layout: SideLayout, num_items: int, tables: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self.n_cat, self.n_num = len(layout.item_cat), len(layout.item_num)
+        self.buckets = cfg.feature_buckets
+        if self.n_cat:
+            table = tables.get("item_side_cat", np.zeros((num_items, self.n_cat), np.int64))
+            self.register_buffer("item_side_cat", torch.as_tensor(table, dtype=torch.int64))
+            self.cat_embedding = nn.Embedding(self.n_cat * self.buckets, cfg.embed_dim)
+            nn.init.normal_(self.cat_embedding.weight, std=0.1)
+            self.register_buffer("cat_offsets", torch.arange(self.n_cat) * self.buckets, persistent=False)
+        if self.n_num:
+            table = tables.get("item_side_num", np.zeros((num_items, self.n_num), np.float32))
+            self.register_buffer("item_side_num", torch.as_tensor(table, dtype=torch.float32))
+            self.num_proj = nn.Linear(self.n_num, cfg.embed_dim)
+
+    def forward(self, idx: Tensor) -> Tensor | None:
+        """(…,) item rows -> (…, D) side vector, or None without item columns."""
+        vec = None
+        if self.n_cat:
+            vec = self.cat_embedding(self.item_side_cat[idx] + self.cat_offsets).sum(-2)
+        if self.n_num:
+            num = self.num_proj(self.item_side_num[idx])
+            vec = num if vec is None else vec + num
+        return vec
+
+
+class SampleSide(nn.Module):
+    """Per-sample side inputs -> one vector beside the history's: user embedding, context embeddings,
+    standardised context numerics, the user's and the target item's count features."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        layout: SideLayout,
+        num_items: int,
+        tables: dict[str, np.ndarray],
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.layout, self.prior = layout, layout.count_prior
+        stats = stats or {}
+        numeric = stats.get("numeric", {})
+        self.user = nn.Embedding(cfg.user_buckets, cfg.user_dim, padding_idx=0) if layout.user_id else None
+        self.n_cat, self.n_num, self.buckets = len(layout.event_cat), len(layout.event_num), cfg.feature_buckets
+        self.ctx = nn.Embedding(self.n_cat * self.buckets, cfg.feature_dim) if self.n_cat else None
+        self.register_buffer("ctx_offsets", torch.arange(self.n_cat) * self.buckets, persistent=False)
+        mean = [numeric.get(n, {}).get("mean", 0.0) for n in layout.event_num]
+        std = [numeric.get(n, {}).get("std", 1.0) for n in layout.event_num]
+        self.register_buffer("num_mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("num_std", torch.tensor(std, dtype=torch.float32))
+        self.register_buffer("prior_ctr", torch.tensor(float(stats.get("ctr", 0.1)), dtype=torch.float32))
+        if layout.counts:
+            table = tables.get("item_counts", np.zeros((num_items, 2), np.float32))
+            self.register_buffer("item_counts", torch.as_tensor(table, dtype=torch.float32))
+        for module in (self.user, self.ctx):
+            if module is not None:
+                nn.init.normal_(module.weight, std=0.1)
+        self.sample_width = (
+            (cfg.user_dim if self.user is not None else 0) + self.n_cat * cfg.feature_dim + self.n_num
+        ) + (3 if layout.counts else 0)
+        self.target_width = 3 if layout.counts else 0
+
+    def per_sample(self, side: dict[str, Tensor], batch: int, device: torch.device) -> Tensor | None:
+        """(B, sample_width): absent inputs (a request without context) read as missing, not as errors."""
+        parts: list[Tensor] = []
+        if self.user is not None:
+            bucket = side.get("user_bucket")
+            if bucket is None:  # no user id: the padding row (zeros), like a new user
+                bucket = torch.zeros(batch, dtype=torch.long, device=device)
+            parts.append(self.user(bucket))
+        if self.ctx is not None:
+            cat = side.get("ctx_cat")
+            if cat is None:
+                cat = torch.zeros(batch, self.n_cat, dtype=torch.long, device=device)
+            parts.append(self.ctx(cat + self.ctx_offsets).flatten(1))
+        if self.n_num:
+            num = side.get("ctx_num")
+            if num is None:
+                num = torch.full((batch, self.n_num), float("nan"), device=device)
+            z = (num.float() - self.num_mean) / self.num_std
+            parts.append(torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).clamp(-10, 10))
+        if self.layout.counts:
+            counts = side.get("user_counts")
+            if counts is None:
+                counts = torch.zeros(batch, 2, device=device)
+            parts.append(count_features(counts.float(), self.prior_ctr, self.prior))
+        return torch.cat(parts, dim=-1) if parts else None
+
+    def per_target(self, side: dict[str, Tensor], target_idx: Tensor) -> Tensor | None:
+        """(N, target_width): the target's counts from the batch (training) or the item table (serving)."""
+        if not self.layout.counts:
+            return None
+        counts = side.get("target_counts")
+        if counts is None:
+            counts = self.item_counts[target_idx]
+        return count_features(counts.float(), self.prior_ctr, self.prior)
+
+
+__all__ = [
+    "ITEM_TABLE_KEYS",
+    "SIDE_INPUTS",
+    "ItemSide",
+    "SampleSide",
+    "SideLayout",
+    "category_buckets",
+    "count_features",
+    "encode_side",
+    "item_side_tables",
+    "user_buckets",
+]
