@@ -8,7 +8,8 @@ One row per (request, variant, candidate): `request_id`, `user_id`, `logged_at` 
 `part-<first ms>-<writer>-<seq>.parquet` files (`pyarrow.dataset.dataset(FOLDER)` reads them all), each
 written whole (storage.atomic_write_bytes: a renamed temporary file, or one object-store PUT), so a reader
 never sees half a file. Why one row per candidate: the clicks that come later are (user, item, time)
-events, which join on `user_id` + `item_id` without unnesting.
+events, which join on `user_id` + `item_id` without unnesting: `seqctr evaluate --impressions LOG --events
+CLICKS` (seqctr/serving/evidence.py) does that join and scores each variant, served and shadow apart.
 
 Rows are buffered in the replica and written by one background thread when `serve.impressions_flush_rows`
 have gathered or `serve.impressions_flush_s` have passed since the first of them (checked on each add),
