@@ -1,0 +1,120 @@
+"""How hard the `realistic` synthetic profile is, and how much of its signal each family carries.
+
+    .venv/bin/python bench/realistic_profile.py                          # 300k events, 20k users
+    .venv/bin/python bench/realistic_profile.py --events 1000000 --users 60000 --json
+
+Generates the realistic log, then prints: events per user (quantiles), the share of test rows (and test
+users) unseen in training under the split by global time (train = oldest 80% of events, val 10%, test
+10%), the click rate and the oracle AUC (of `p_true`), and per logit family (`family_logits`, which sum
+back to `p_true` exactly): its sd, the AUC of the family alone, and the oracle AUC without it (the
+others summed), on all rows and on the test rows of unseen users (where a history cannot help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from seqctr.platform.config import SyntheticConfig
+from seqctr.platform.data.synthetic import LOGIT_FAMILIES, family_logits, generate_synthetic, oracle_auc
+from seqctr.platform.model.metrics import auc
+
+
+def profile_figures(cfg: SyntheticConfig) -> dict:
+    with tempfile.TemporaryDirectory(prefix="realistic-") as tmp:
+        t0 = time.perf_counter()
+        report = generate_synthetic(cfg, tmp)
+        seconds = time.perf_counter() - t0
+        events = pq.read_table(report["events_path"])
+        oracle = oracle_auc(report["events_path"])
+    users = events["user_id"].to_numpy(zero_copy_only=False)
+    ts, y = events["timestamp"].to_numpy(), events["label"].to_numpy()
+    counts = np.unique(users, return_counts=True)[1]
+    cut = np.sort(ts)[[int(0.8 * len(ts)), int(0.9 * len(ts))]]  # train < cut[0] <= val < cut[1] <= test
+    train_users = np.unique(users[ts < cut[0]])
+    test = ts >= cut[1]
+    unseen_row = test & ~np.isin(users, train_users)
+    fam = family_logits(cfg, events)
+    total = sum(fam.values())
+    families = {}
+    for name in LOGIT_FAMILIES:
+        v = fam[name]
+        families[name] = {
+            "sd": float(v.std()),
+            "alone_auc": auc(y, v),
+            "without_auc": auc(y, total - v),
+            "alone_auc_unseen_test": auc(y[unseen_row], v[unseen_row]),
+        }
+    return {
+        "events": cfg.events,
+        "users": int(len(counts)),
+        "items": cfg.items,
+        "generate_s": seconds,
+        "events_per_user": {
+            f"q{int(q * 100)}": float(np.quantile(counts, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+        }
+        | {"max": int(counts.max()), "share_under_20": float((counts < 20).mean())},
+        "test_rows_unseen_share": float(unseen_row.sum() / test.sum()),
+        "test_users_unseen_share": float(1 - np.isin(np.unique(users[test]), train_users).mean()),
+        "ctr": float(y.mean()),
+        "mean_p_true": float(events["p_true"].to_numpy().mean()),
+        "oracle_auc": oracle,
+        "oracle_auc_unseen_test": auc(y[unseen_row], total[unseen_row]),
+        "families": families,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--users", type=int, default=20_000, help="about 15 events per user by default")
+    parser.add_argument("--items", type=int, default=5000)
+    parser.add_argument("--categories", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="Print the figures as one JSON object.")
+    args = parser.parse_args()
+    cfg = SyntheticConfig(
+        users=args.users,
+        items=args.items,
+        events=args.events,
+        categories=args.categories,
+        seed=args.seed,
+        profile="realistic",
+    )
+    r = profile_figures(cfg)
+    if args.json:
+        print(json.dumps(r))
+        return
+    epu = r["events_per_user"]
+    print(
+        f"realistic profile: {r['events']:,} events, {r['users']:,} users, {r['items']:,} items "
+        f"({r['generate_s']:.1f} s)"
+    )
+    print(
+        "events per user: "
+        + ", ".join(f"{k} {v:g}" for k, v in epu.items() if k.startswith("q"))
+        + f", max {epu['max']}; {epu['share_under_20']:.0%} of users under 20"
+    )
+    print(
+        f"test split: {r['test_rows_unseen_share']:.1%} of rows and {r['test_users_unseen_share']:.1%} of users "
+        "unseen in training"
+    )
+    print(
+        f"ctr {r['ctr']:.4f} (mean p_true {r['mean_p_true']:.4f}); oracle AUC {r['oracle_auc']:.4f}, "
+        f"{r['oracle_auc_unseen_test']:.4f} on unseen users' test rows"
+    )
+    print(f"{'family':10s} {'sd':>6s} {'alone':>7s} {'without':>8s} {'alone, unseen test':>19s}")
+    for name, f in r["families"].items():
+        print(
+            f"{name:10s} {f['sd']:6.3f} {f['alone_auc']:7.4f} {f['without_auc']:8.4f} "
+            f"{f['alone_auc_unseen_test']:19.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
