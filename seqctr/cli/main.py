@@ -173,6 +173,7 @@ def data_build(
         train_fraction=cfg.data.train_fraction,
         val_fraction=cfg.data.val_fraction,
         items_path=items_path if Path(items_path).exists() or "://" in items_path else None,
+        features=cfg.data.features,
     )
     echo_json(report)
 

@@ -15,7 +15,7 @@ import ray
 
 from seqctr.platform.model.metrics import auc, evaluate
 from seqctr.platform.model.predictor import load_model
-from seqctr.training.ingest import encode_table
+from seqctr.training.ingest import encode_table, side_of
 
 
 def score_dataset(checkpoint_dir: str, samples: ray.data.Dataset) -> dict[str, np.ndarray]:
@@ -28,7 +28,7 @@ def score_dataset(checkpoint_dir: str, samples: ray.data.Dataset) -> dict[str, n
     cfg = loaded.config
     parts: dict[str, list[np.ndarray]] = {}
     for batch in samples.iter_batches(batch_format="pyarrow", batch_size=8192):
-        arrays = encode_table(batch, loaded.index, cfg.model.id_buckets, cfg.data.max_seq_len)
+        arrays = encode_table(batch, loaded.index, cfg.model.id_buckets, cfg.data.max_seq_len, side_of(cfg))
         keep = {k: arrays[k] for k in ("label", "user", "p_true") if k in arrays}
         for key, value in {**keep, "prob": loaded.predict(arrays)}.items():
             parts.setdefault(key, []).append(value)

@@ -55,14 +55,14 @@ def test_an_events_own_label_never_reaches_its_own_counts():
     flipped = log.set_column(3, "label", pa.array(1 - log.column("label").to_numpy(), pa.int8()))
     a = samples_from_events(log, 5, item_counts=_table(log)).to_pydict()
     b = samples_from_events(flipped, 5, item_counts=_table(flipped)).to_pydict()
-    # Flip every label: each row's click counts change only through *other* (earlier) events, so a row
-    # with no earlier event of its user (item) keeps zero clicks in both logs.
+    # Flip every label: each earlier event is a click in exactly one of the two logs, so a row's clicks in
+    # both add up to its impressions; its own label (flipped too) would break the sum if it counted.
     for user_imp, clicks_a, clicks_b in zip(
-        a["count_user_impressions"], a["count_user_clicks"], b["count_user_clicks"]
+        a["count_user_impressions"], a["count_user_clicks"], b["count_user_clicks"], strict=True
     ):
         assert clicks_a + clicks_b == user_imp  # each earlier event is a click in exactly one of the logs
     for item_imp, clicks_a, clicks_b in zip(
-        a["count_item_impressions"], a["count_item_clicks"], b["count_item_clicks"]
+        a["count_item_impressions"], a["count_item_clicks"], b["count_item_clicks"], strict=True
     ):
         assert clicks_a + clicks_b == item_imp
 
