@@ -51,6 +51,7 @@ from ray import serve
 from ray.serve import Application
 
 from seqctr.platform.config import ConfigError, ExperimentConfig, load_config, resolve_paths
+from seqctr.platform.model.side import FeatureFieldError
 from seqctr.serving.deployments import CTRScorer, ItemEncoder, Job, Loader, pin_model, response_bytes
 from seqctr.serving.schemas import (
     API_KEY_HEADER,
@@ -273,6 +274,8 @@ class CTRScorerDeployment(CTRScorer):
         times.stop("parse")
         try:
             return await self.score_job(payload, times)
+        except FeatureFieldError as err:  # a side field this model cannot read: the caller's error
+            raise RequestValidationError([validation_error(("body", *err.loc), str(err), "value_error")]) from None
         except Exception as err:  # noqa: BLE001 - one logged line, a 500 that says what failed
             logger.exception("request failed")
             detail = f"scoring failed: {type(err).__name__}: {err}"

@@ -55,6 +55,7 @@ from seqctr.platform.config import ExperimentConfig
 from seqctr.platform.model.ctr import CTRModel
 from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, encode_ids
 from seqctr.platform.model.predictor import load_model
+from seqctr.platform.model.side import SideLayout, encode_request_side
 from seqctr.platform.registry import SCHEME as REGISTRY_SCHEME
 from seqctr.platform.runs import resolve_latest
 from seqctr.serving.impressions import ImpressionLog
@@ -234,6 +235,7 @@ class Job:
     payload: dict[str, Any] | None = None  # kept only when shadows will score the request too
     shadows: list[Variant] = field(default_factory=list)
     encoder: dict[str, Any] | None = None  # the served model's text-encoder settings (shadows reuse its texts)
+    side: dict[str, np.ndarray] | None = None  # per-request side inputs, (1, ...) each (data.features)
 
 
 def encode_items(ids: list[str], index: ItemIndex, num_buckets: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,6 +269,9 @@ def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
     hist_idx, hist_bucket = encode_items(history, model.index, cfg.model.id_buckets)
     hist_age = click_ages(payload, len(history))
     cand_idx, cand_bucket = encode_items(candidates, model.index, cfg.model.id_buckets)
+    # Raises FeatureFieldError (a 422) for a side field the model cannot read; a model without per-sample
+    # side inputs still checks them (a context sent to it would otherwise be dropped unseen).
+    side = encode_request_side(payload, getattr(model.model, "side_layout", SideLayout()), cfg.model) or None
     use_text = model.model.text_dim > 0
     cold = [i for i, row in enumerate(cand_idx) if row == UNKNOWN and use_text and texts[i] and str(texts[i]).strip()]
     sources = ["known" if row != UNKNOWN else "hashed" for row in cand_idx]
@@ -284,10 +289,11 @@ def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
         cold=cold,
         cold_texts=[str(texts[i]) for i in cold],
         explain=bool(payload.get("explain", False)),
+        side=side,
     )
 
 
-def batch_inputs(jobs: list[Job], text_dim: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def batch_inputs(jobs: list[Job], text_dim: int, device: torch.device | str = "cpu") -> dict[str, Any]:
     """The keyword arguments of `CTRModel.score_groups` for a batch of jobs: the B histories right-padded
     (B, L), every job's candidates one after the other (N,), and the job (`group`) each belongs to."""
     B, L = len(jobs), max(1, max(len(j.hist_idx) for j in jobs))
@@ -316,7 +322,12 @@ def batch_inputs(jobs: list[Job], text_dim: int, device: torch.device | str = "c
                 mask[rows] = True
             start += count
         inputs |= {"target_text": text, "target_text_mask": mask}
-    return {k: v.to(device) for k, v in inputs.items()}
+    out: dict[str, Any] = {k: v.to(device) for k, v in inputs.items()}
+    if jobs[0].side:  # one model per batch call: every job has the same side keys
+        out["side"] = {
+            key: torch.from_numpy(np.concatenate([j.side[key] for j in jobs])).to(device) for key in jobs[0].side
+        }
+    return out
 
 
 @torch.inference_mode()

@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     StringConstraints,
@@ -61,6 +62,13 @@ ItemId = Annotated[Annotated[StrictStr, StringConstraints(min_length=1)] | Integ
 """A string or integer item id, turned into its string form (`17` and `"17"` are the same item)."""
 
 ItemSource = Literal["known", "text", "hashed"]
+ContextValue = (
+    Annotated[StrictStr, StringConstraints(max_length=1000)]
+    | StrictInt
+    | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+    | StrictBool
+    | None
+)
 """How a candidate was represented: `known` = the model's item table; `text` = an unseen id whose text
 was embedded by the ItemEncoder (cold start); `hashed` = an unseen id without text, scored through its
 hashed id bucket alone (the id embedding learned for whatever items share that bucket)."""
@@ -99,7 +107,11 @@ class CandidateItem(_Strict):
 class ScoreRequest(_Strict):
     """One user's history and the candidates to score for them."""
 
-    user_id: Text | None = Field(None, description="Caller's user id (echoed in logs, not used by the model).")
+    user_id: Text | None = Field(
+        None,
+        description="Caller's user id: routes the request (serve.variants) and, for a model trained with "
+        "data.features.user_id, is its user-id embedding (absent = a new user).",
+    )
     history: list[ItemId | HistoryClick] = Field(
         description="Items the user clicked, oldest first: ids, or {item_id, timestamp} so the model reads "
         "each click's age (an id alone = age unknown, scores less sharp). Longer than max_seq_len = cut to "
@@ -111,6 +123,15 @@ class ScoreRequest(_Strict):
     candidates: list[ItemId | CandidateItem] = Field(
         min_length=1, description="Item ids or {item_id, text} objects; at most serve.max_candidates."
     )
+    context: dict[Annotated[str, StringConstraints(min_length=1)], ContextValue] | None = Field(
+        None,
+        description='Event context the model was trained with (data.features.event), e.g. {"device": '
+        '"mobile", "hour": 9}; a field the model does not read is a 422, an absent one reads as missing.',
+    )
+    user_impressions: Integer | None = Field(
+        None, ge=0, description="The user's impressions so far (data.features.counts; absent = a new user)."
+    )
+    user_clicks: Integer | None = Field(None, ge=0, description="The user's clicks so far (<= user_impressions).")
     # Strict, as the schema says: `"explain": 0` or `"k": "3"` are 422s, not silently coerced.
     explain: StrictBool = Field(False, description="Return each history item's attention weight per candidate.")
 
@@ -134,6 +155,9 @@ class ScoreRequest(_Strict):
             "candidates": [c.item_id for c in items],
             "texts": [c.text for c in items],
             "explain": self.explain,
+            "context": self.context,
+            "user_impressions": self.user_impressions,
+            "user_clicks": self.user_clicks,
         }
 
 

@@ -140,6 +140,50 @@ def encode_side(batch: pa.Table | dict[str, Any], layout: SideLayout, cfg: Model
     return out
 
 
+class FeatureFieldError(ValueError):
+    """A request's side field that the served model cannot read; `loc` names it (HTTP 422)."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def encode_request_side(payload: dict[str, Any], layout: SideLayout, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """The per-sample side arrays (one row) of a scoring request, as `encode_side` makes them for samples.
+
+    `payload`: `user_id`, `context` (event column -> value), `user_impressions`, `user_clicks`. What is
+    absent reads as missing (no user id: the padding bucket; no context value: null / NaN; no counts: a
+    new user). A context key the model does not read, or a non-number for a numeric one, is an error
+    naming the field (silently dropping it would score a different request than the caller sent)."""
+    context = payload.get("context") or {}
+    known = set(layout.event_cat) | set(layout.event_num)
+    for key in context:
+        if key not in known:
+            expected = ", ".join(sorted(known)) or "none"
+            raise FeatureFieldError(
+                ("context", key), f"the model reads no context field {key!r} (it reads: {expected})"
+            )
+    row: dict[str, Any] = {}
+    for name in layout.event_num:
+        value = context.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise FeatureFieldError(("context", name), f"context.{name} is numeric; got {value!r}")
+        row[name] = [float("nan") if value is None else float(value)]
+    for name in layout.event_cat:
+        row[name] = [context.get(name)]
+    if layout.user_id:
+        row["user_id"] = [payload.get("user_id")]
+    if layout.counts:
+        impressions, clicks = payload.get("user_impressions"), payload.get("user_clicks")
+        if clicks is not None and (impressions is None or clicks > impressions):
+            raise FeatureFieldError(("user_clicks",), "user_clicks needs user_impressions >= user_clicks")
+        row[USER_IMPRESSIONS], row[USER_CLICKS] = [impressions or 0], [clicks or 0]
+        row[ITEM_IMPRESSIONS] = row[ITEM_CLICKS] = [0]  # placeholders: serving takes the item table's counts
+    out = encode_side(row, layout, cfg)  # a null user id takes bucket 0, the padding row
+    out.pop("target_counts", None)
+    return out
+
+
 def item_side_tables(
     layout: SideLayout,
     cfg: ModelConfig,
@@ -290,12 +334,14 @@ class SampleSide(nn.Module):
 
 __all__ = [
     "ITEM_TABLE_KEYS",
+    "FeatureFieldError",
     "SIDE_INPUTS",
     "ItemSide",
     "SampleSide",
     "SideLayout",
     "category_buckets",
     "count_features",
+    "encode_request_side",
     "encode_side",
     "item_side_tables",
     "user_buckets",

@@ -1,0 +1,132 @@
+"""Serving a model trained with data.features: the request's user, context and counts reach the model
+as training encoded them, and a side field the model cannot read is a 422 naming it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from pydantic import ValidationError
+from serving_helpers import ITEM_IDS, tiny_serving_config
+
+from seqctr.platform.model.checkpoint import save_checkpoint
+from seqctr.platform.model.ctr import build_model
+from seqctr.platform.model.features import ItemIndex, encode_samples
+from seqctr.platform.model.predictor import load_model
+from seqctr.platform.model.side import FeatureFieldError, SideLayout, encode_side, item_side_tables
+from seqctr.serving.deployments import ModelSpec, load_serving_model, prepare_job, score_jobs
+from seqctr.serving.schemas import ScoreRequest
+
+FEATURES = [
+    "data.features.event=[{name: device, kind: categorical}, {name: hour, kind: numeric}]",
+    "data.features.item=[{name: brand, kind: categorical}]",
+    "data.features.user_id=true",
+    "data.features.counts=true",
+]
+HISTORY = ["i1", "i2", "i3"]
+CANDIDATES = ["i4", "i5", "never-seen"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    cfg = tiny_serving_config(*FEATURES, "model.text=false")
+    layout = SideLayout.from_config(cfg.data.features)
+    index = ItemIndex(ITEM_IDS)
+    rows = index.lookup(ITEM_IDS)
+    counts = (rows, np.arange(len(rows), dtype=np.float64) * 10, np.arange(len(rows), dtype=np.float64))
+    tables = item_side_tables(
+        layout, cfg.model, rows, {"brand": [f"b{k % 3}" for k in range(len(rows))]}, len(index), counts
+    )
+    torch.manual_seed(0)
+    stats = {"ctr": 0.2, "numeric": {"hour": {"mean": 11.5, "std": 7.0}}}
+    model = build_model(cfg.model, len(index), None, side_layout=layout, side_tables=tables, side_stats=stats)
+    path = tmp_path_factory.mktemp("side") / "ckpt"
+    return save_checkpoint(path, model=model.eval(), config=cfg, item_index=index.to_parquet_bytes(), metrics={})
+
+
+def payload(**fields):
+    body = {"user_id": "u7", "history": HISTORY, "candidates": CANDIDATES, **fields}
+    return ScoreRequest.model_validate(body).payload()
+
+
+def served(checkpoint, **fields) -> np.ndarray:
+    model = load_serving_model(ModelSpec(model=str(checkpoint)), load_model(checkpoint).config)
+    [(probs, _)] = score_jobs(model.model, [prepare_job(model, payload(**fields))])
+    return probs
+
+
+def test_request_features_score_as_the_offline_model_reads_the_same_sample(checkpoint):
+    """The served score equals the offline predictor on a sample with the same user, context and counts
+    (the candidates' counts: the checkpoint's item table, as the build's feature table gave them)."""
+    fields = {"context": {"device": "mobile", "hour": 9}, "user_impressions": 12, "user_clicks": 3}
+    probs = served(checkpoint, **fields)
+    loaded = load_model(checkpoint)
+    cfg, m = loaded.config, loaded.model
+    rows = loaded.index.lookup(CANDIDATES)
+    item_counts = m.sample_side.item_counts[torch.as_tensor(rows)].numpy()
+    n = len(CANDIDATES)
+    samples = pa.table(
+        {
+            "user_id": ["u7"] * n,
+            "device": ["mobile"] * n,
+            "hour": [9.0] * n,
+            "count_user_impressions": [12] * n,
+            "count_user_clicks": [3] * n,
+            "count_item_impressions": item_counts[:, 0],
+            "count_item_clicks": item_counts[:, 1],
+        }
+    )
+    arrays = encode_samples(
+        {"history": [HISTORY] * n, "target": CANDIDATES}, loaded.index, cfg.model.id_buckets, cfg.data.max_seq_len
+    )
+    arrays |= encode_side(samples, SideLayout.from_config(cfg.data.features), cfg.model)
+    np.testing.assert_allclose(probs, loaded.predict(arrays), atol=1e-6)
+
+
+def test_side_fields_change_the_score_and_absent_ones_read_as_a_new_user(checkpoint):
+    base = served(checkpoint)
+    assert np.isfinite(base).all()
+    assert not np.allclose(base, served(checkpoint, context={"device": "tablet", "hour": 22}))
+    assert not np.allclose(base, served(checkpoint, user_impressions=500, user_clicks=250))
+    assert np.isfinite(served(checkpoint, context={"device": "a device never seen", "hour": None})).all()
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [
+        ({"context": {"browser": "x"}}, ("context", "browser")),  # a field the model does not read
+        ({"context": {"hour": "nine"}}, ("context", "hour")),  # a numeric field given a string
+        ({"user_clicks": 5}, ("user_clicks",)),  # clicks without impressions
+        ({"user_impressions": 2, "user_clicks": 5}, ("user_clicks",)),  # more clicks than impressions
+    ],
+)
+def test_a_side_field_the_model_cannot_read_names_itself(checkpoint, fields, loc):
+    model = load_serving_model(ModelSpec(model=str(checkpoint)), load_model(checkpoint).config)
+    with pytest.raises(FeatureFieldError) as err:
+        prepare_job(model, payload(**fields))
+    assert err.value.loc == loc
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"user_impressions": -1},
+        {"user_impressions": "3"},
+        {"context": {"device": ["a", "list"]}},
+        {"context": {"": "empty key"}},
+    ],
+)
+def test_malformed_side_fields_are_schema_errors(fields):
+    with pytest.raises(ValidationError):
+        ScoreRequest.model_validate({"history": HISTORY, "candidates": CANDIDATES, **fields})
+
+
+def test_a_model_without_side_features_refuses_a_context_it_would_drop(tmp_path):
+    from serving_helpers import write_checkpoint
+
+    path = write_checkpoint(tmp_path / "plain")
+    model = load_serving_model(ModelSpec(model=str(path)), load_model(path).config)
+    assert np.isfinite(score_jobs(model.model, [prepare_job(model, payload(user_impressions=3))])[0][0]).all()
+    with pytest.raises(FeatureFieldError, match="reads: none"):
+        prepare_job(model, payload(context={"device": "mobile"}))
