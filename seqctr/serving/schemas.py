@@ -147,6 +147,7 @@ class ScoreRequest(_Strict):
     def payload(self) -> dict[str, Any]:
         """The plain dict the scorer deployment takes (cheap to send through a deployment handle)."""
         items = self.candidate_items()
+        side = {"context": self.context, "user_impressions": self.user_impressions, "user_clicks": self.user_clicks}
         return {
             "user_id": self.user_id,
             "history": [h.item_id if isinstance(h, HistoryClick) else h for h in self.history],
@@ -155,10 +156,7 @@ class ScoreRequest(_Strict):
             "candidates": [c.item_id for c in items],
             "texts": [c.text for c in items],
             "explain": self.explain,
-            "context": self.context,
-            "user_impressions": self.user_impressions,
-            "user_clicks": self.user_clicks,
-        }
+        } | {k: v for k, v in side.items() if v is not None}  # side fields (data.features) only when sent
 
 
 class RankRequest(ScoreRequest):

@@ -4,7 +4,6 @@ encoder cache, the schemas, the client's retries and the app builder's inputs.""
 from __future__ import annotations
 
 import asyncio
-import time
 from types import SimpleNamespace
 
 import httpx
@@ -324,23 +323,21 @@ def test_app_config_and_builder_inputs(monkeypatch):
 
 
 def test_built_app_serves_the_int8_model_its_config_asks_for(checkpoints):
-    """The builder's config reaches the replica: serve.quantize=int8 gives a quantised model whose scores
-    differ slightly from fp32 (Serve's in-process local testing mode: no cluster, no HTTP)."""
-    from ray import serve
-
-    app = build_app({"model": str(checkpoints["a"]), "overrides": ["serve.quantize=int8"]})
-    handle = serve.run(app, name="int8_local", route_prefix=None, _local_testing_mode=True)
-    deadline = time.monotonic() + 60
-    while True:  # local testing mode loads the model (reconfigure) in the background
-        try:
-            info = handle.info.remote().result()
-            break
-        except RuntimeError:
-            assert time.monotonic() < deadline, "the local replica loaded no model"
-            time.sleep(0.05)
+    """The builder's config (app_config, what build_app binds into the replica) asks for int8, and a
+    scorer on it serves a quantised model whose scores differ slightly from fp32. Not through Serve's
+    `_local_testing_mode`: it runs the ingress's FastAPI app in this process and leaves asyncio tasks in
+    the app that @serve.ingress froze, so every later deploy of the class in the session would fail to
+    pickle it ("cannot pickle '_asyncio.Task'")."""
+    args = AppArgs.model_validate({"model": str(checkpoints["a"]), "overrides": ["serve.quantize=int8"]})
+    build_app(args)  # the graph builds
+    cfg = app_config(args)
+    assert cfg.serve.quantize == "int8"
+    scorer = Scorer(cfg, torch_threads=0)
+    run(scorer.reconfigure({"model": str(checkpoints["a"])}))
+    info = scorer.info()
     assert info["quantized"] == "int8" and info["checkpoint"] == str(checkpoints["a"])
     candidates = [f"i{k}" for k in range(40)]
-    served = handle.score.remote({"history": HISTORY, "candidates": candidates}).result()["scores"]
+    served = run(scorer.score({"history": HISTORY, "candidates": candidates}))["scores"]
     fp32 = offline_scores(checkpoints["a"], HISTORY, candidates)
     np.testing.assert_allclose(served, fp32, atol=0.02)
     assert np.abs(np.asarray(served) - fp32).max() > 1e-6  # int8 weights, not the fp32 model

@@ -156,11 +156,6 @@ async def burst(url: str, users: list[str]) -> list:
         return await asyncio.gather(*(c.score(HISTORY, CANDIDATES, user_id=u) for u in users))
 
 
-@pytest.mark.xfail(
-    reason="in a full-suite run the deploy fails to pickle the deployment class ('cannot pickle "
-    "_asyncio.Task'); passes with its module alone: cause not found yet",
-    strict=False,
-)
 def test_on_serve_the_variant_scores_and_a_raising_shadow_fails_no_request(serve_port, checkpoints, tmp_path):
     from ray import cloudpickle, serve
 
