@@ -107,9 +107,11 @@ def _body(
     timestamp: int | None,
     user_id: str | None,
     explain: bool,
+    side: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A score request (a rank request with `k`), checked locally by the server's own pydantic model.
-    `history_timestamps` (one per history item) turns the history into {item_id, timestamp} clicks."""
+    `history_timestamps` (one per history item) turns the history into {item_id, timestamp} clicks;
+    `side`: the request's side fields (context, user_impressions, user_clicks: data.features)."""
     clicks: list[Any] = list(history)
     if history_timestamps is not None:
         stamps = list(history_timestamps)
@@ -122,6 +124,7 @@ def _body(
         "timestamp": timestamp,
         "user_id": user_id,
         "explain": explain,
+        **(side or {}),
     }
     request = ScoreRequest(**fields) if k is None else RankRequest(**fields, k=k)
     return request.model_dump(exclude_none=True)
@@ -183,10 +186,12 @@ class CTRClient:
         timestamp: int | None = None,
         user_id: str | None = None,
         explain: bool = False,
+        **side: Any,
     ) -> ScoreResponse:
         """Click probabilities of `candidates` (ids, or {"item_id", "text"} for new items), in order.
-        `history_timestamps` (unix seconds per click) let the model tell this session's clicks apart."""
-        body = _body(history, candidates, None, history_timestamps, timestamp, user_id, explain)
+        `history_timestamps` (unix seconds per click) let the model tell this session's clicks apart;
+        `context=`, `user_impressions=`, `user_clicks=`: the side fields of a model trained with data.features."""
+        body = _body(history, candidates, None, history_timestamps, timestamp, user_id, explain, side)
         return self._request("POST", "/v1/score", ScoreResponse, body)
 
     def rank(
@@ -199,9 +204,10 @@ class CTRClient:
         timestamp: int | None = None,
         user_id: str | None = None,
         explain: bool = False,
+        **side: Any,
     ) -> RankResponse:
         """The k best candidates, best first."""
-        body = _body(history, candidates, k, history_timestamps, timestamp, user_id, explain)
+        body = _body(history, candidates, k, history_timestamps, timestamp, user_id, explain, side)
         return self._request("POST", "/v1/rank", RankResponse, body)
 
     def model_info(self) -> ModelInfo:
@@ -260,9 +266,10 @@ class AsyncCTRClient:
         timestamp: int | None = None,
         user_id: str | None = None,
         explain: bool = False,
+        **side: Any,
     ) -> ScoreResponse:
         """Click probabilities of `candidates`, in order (see CTRClient.score)."""
-        body = _body(history, candidates, None, history_timestamps, timestamp, user_id, explain)
+        body = _body(history, candidates, None, history_timestamps, timestamp, user_id, explain, side)
         return await self._request("POST", "/v1/score", ScoreResponse, body)
 
     async def rank(
@@ -275,9 +282,10 @@ class AsyncCTRClient:
         timestamp: int | None = None,
         user_id: str | None = None,
         explain: bool = False,
+        **side: Any,
     ) -> RankResponse:
         """The k best candidates, best first."""
-        body = _body(history, candidates, k, history_timestamps, timestamp, user_id, explain)
+        body = _body(history, candidates, k, history_timestamps, timestamp, user_id, explain, side)
         return await self._request("POST", "/v1/rank", RankResponse, body)
 
     async def model_info(self) -> ModelInfo:
