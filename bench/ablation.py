@@ -10,6 +10,13 @@ Variants (config overrides of the one experiment config):
   bert_lstm_finetune   + top BERT layer trained in the step model.bert_trainable_layers=1
   bert_lstm_augment    + history truncation/drop/replace    train.*_prob
   bert_lstm_no_time    without click-age embeddings         model.time_features=false
+Feature families (issue #15; run them on a config with data.features, e.g. configs/realistic.yaml):
+  no_user_id           without the hashed user-id embedding data.features.user_id=false
+  no_counts            without leak-free counting features  data.features.counts=false
+  no_context           without the event context columns    data.features.event=[]
+  no_item_columns      without the item-table columns       data.features.item=[]
+  no_side_features     none of the four (history + text)    all of the above
+  id_only_features     every feature, no BERT text          model.text=false
 Prints a table (test AUC, GAUC, logloss, share of the oracle's lift, train seconds) and the margins of
 the full model over id-only and mean-pool; writes ablation.json under the work dir.
 """
@@ -37,7 +44,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bert_lstm_finetune": {"model.bert_trainable_layers": 1},
     "bert_lstm_augment": {"train.truncate_prob": 0.2, "train.drop_prob": 0.05, "train.replace_prob": 0.02},
     "bert_lstm_no_time": {"model.time_features": False},
+    "no_user_id": {"data.features.user_id": False},
+    "no_counts": {"data.features.counts": False},
+    "no_context": {"data.features.event": []},
+    "no_item_columns": {"data.features.item": []},
+    "no_side_features": {
+        "data.features.user_id": False,
+        "data.features.counts": False,
+        "data.features.event": [],
+        "data.features.item": [],
+    },
+    "id_only_features": {"model.text": False},
 }
+FAMILY_VARIANTS = ("no_user_id", "no_counts", "no_context", "no_item_columns", "no_side_features", "id_only_features")
 
 
 def run_variant(cfg: Any, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +108,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     full = by_name.get("bert_lstm")
     margins = {
         f"bert_lstm_minus_{other}": round(full["test_auc"] - by_name[other]["test_auc"], 4)
-        for other in ("id_only_lstm", "bert_mean", "bert_lstm_no_time")
+        for other in ("id_only_lstm", "bert_mean", "bert_lstm_no_time", *FAMILY_VARIANTS)
         if full and other in by_name
     }
     header = f"{'variant':<22}{'test AUC':>9}{'GAUC':>8}{'logloss':>9}{'lift':>7}{'val AUC':>9}{'sec':>8}"
