@@ -168,6 +168,12 @@ class ModelConfig(_Section):
     )
     user_buckets: int = Field(100_000, ge=2, description="Hash buckets of the user-id embedding.")
     user_dim: int = Field(16, ge=1, description="User-id embedding size (data.features.user_id).")
+    item_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Dropout on every item vector (history and target) while training; padding stays zero.",
+    )
 
 
 class TrainConfig(_Section):
@@ -210,9 +216,26 @@ class TrainConfig(_Section):
     lr: float = Field(3e-3, gt=0, description="Learning rate of the CTR model.")
     bert_lr: float = Field(2e-5, gt=0, description="Learning rate of fine-tuned BERT layers.")
     weight_decay: float = Field(1e-5, ge=0, description="Decoupled weight decay (AdamW) or L2 (SGD).")
+    embedding_weight_decay: float | None = Field(
+        None,
+        ge=0,
+        description="Weight decay of the id-embedding tables (item ids, user ids, side-feature values), in an "
+        "optimiser group of their own; None = train.weight_decay, in one group with the rest of the model.",
+    )
+    lr_schedule: Literal["constant", "cosine", "warmup_cosine"] = Field(
+        "constant",
+        description="Learning rate per optimisation step over the run's train.epochs: constant; cosine (decays "
+        "to 0 at the last step); warmup_cosine (linear warm-up for train.warmup_steps, then cosine).",
+    )
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up (train.lr_schedule=warmup_cosine).")
     grad_clip: float = Field(1.0, ge=0, description="Max gradient norm (0 = off).")
-    patience: int = Field(2, ge=1, description="Early stopping: epochs without a better val AUC.")
-    keep_best: int = Field(2, ge=1, description="Checkpoints kept, ranked by val AUC.")
+    early_stop_metric: Literal["val_auc", "val_logloss"] = Field(
+        "val_auc",
+        description="The val metric that picks the best epoch for train.patience, train.keep_best and the "
+        "test evaluation (val_auc: higher is better; val_logloss: lower is better).",
+    )
+    patience: int = Field(2, ge=1, description="Early stopping: epochs without a better train.early_stop_metric.")
+    keep_best: int = Field(2, ge=1, description="Checkpoints kept, ranked by train.early_stop_metric.")
     max_failures: int = Field(2, ge=0, description="Worker failures survived by restarting from a checkpoint.")
     truncate_prob: float = Field(0.0, ge=0, le=1, description="Augment: cut a history to a random recent window.")
     drop_prob: float = Field(0.0, ge=0, le=1, description="Augment: drop each history item with this chance.")
@@ -232,6 +255,15 @@ class TrainConfig(_Section):
                 f"train.batch_size ({self.batch_size}) is the global batch and must divide evenly by "
                 f"train.num_workers x train.grad_accum_steps ({self.num_workers} x {self.grad_accum_steps}); "
                 f"try {max(parts, self.batch_size // parts * parts)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_needs_its_schedule(self) -> TrainConfig:
+        if self.warmup_steps and self.lr_schedule != "warmup_cosine":
+            raise ValueError(
+                f"train.warmup_steps={self.warmup_steps} is used only by train.lr_schedule=warmup_cosine "
+                f"(got {self.lr_schedule!r}); set train.lr_schedule=warmup_cosine or train.warmup_steps=0"
             )
         return self
 

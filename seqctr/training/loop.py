@@ -35,11 +35,120 @@ from seqctr.training.ingest import to_model_inputs
 
 
 def make_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
-    lr = cfg.train.effective_lr
-    groups = model.param_groups(lr, cfg.train.bert_lr, cfg.train.weight_decay)
-    if cfg.train.optimizer == "sgd":
+    t = cfg.train
+    lr = t.effective_lr
+    groups = model.param_groups(lr, t.bert_lr, t.weight_decay, t.embedding_weight_decay)
+    if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     return torch.optim.AdamW(groups, lr=lr)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], model: nn.Module) -> None:
+    """Restore a checkpoint's optimiser state, also across a change of train.embedding_weight_decay.
+
+    Groups are named ("model", "embeddings", "bert"; see CTRModel.param_groups). The same names load as
+    they are; a checkpoint with one "model" group resumes a run that splits off "embeddings" (or the
+    reverse): each parameter keeps its moments, each group its saved hyperparameters except the weight
+    decay now asked for. Any other difference is an error that says what differs."""
+    saved = [g.get("name") for g in state["param_groups"]]
+    current = [g.get("name") for g in optimizer.param_groups]
+    sizes = [len(g["params"]) for g in state["param_groups"]]
+    if saved == current and sizes == [len(g["params"]) for g in optimizer.param_groups]:
+        optimizer.load_state_dict(state)
+        return
+    layout = None
+    if saved != current and [n for n in saved if n != "embeddings"] == [n for n in current if n != "embeddings"]:
+        t = optimizer.param_groups[0]
+        layout = model.param_groups(t["lr"], t["lr"], t["weight_decay"], 0.0 if "embeddings" in saved else None)
+    if layout is None or [g["name"] for g in layout] != saved or [len(g["params"]) for g in layout] != sizes:
+        raise ValueError(
+            f"the checkpoint's optimiser groups {dict(zip(saved, sizes, strict=True))} do not fit this model's "
+            f"{ {g.get('name'): len(g['params']) for g in optimizer.param_groups} } (were model or train settings "
+            "changed since it was saved?); resume with the settings it was trained with"
+        )
+    position = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    saved_ids = [pid for g in state["param_groups"] for pid in g["params"]]
+    saved_params = [p for g in layout for p in g["params"]]
+    remap = {pid: position[id(p)] for pid, p in zip(saved_ids, saved_params, strict=True)}
+    by_name = {g["name"]: g for g in state["param_groups"]}
+    fresh = optimizer.state_dict()["param_groups"]
+    groups = []
+    for group in fresh:
+        source = by_name.get(group["name"], by_name["model"])  # a split-off "embeddings" had "model"'s
+        groups.append(
+            {**source, "name": group["name"], "weight_decay": group["weight_decay"], "params": group["params"]}
+        )
+    optimizer.load_state_dict(
+        {"state": {remap[pid]: slots for pid, slots in state["state"].items()}, "param_groups": groups}
+    )
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """The multiple of the base learning rate at optimisation step `step` (0 = the first) of `total_steps`
+    (train.lr_schedule): constant 1; cosine from 1 down to 0 at `total_steps`; warmup_cosine rises linearly
+    to 1 over `warmup_steps` ((step + 1) / warmup_steps), then the cosine over the remaining steps. Steps
+    past the end stay at the end."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "warmup_cosine" and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    warm = warmup_steps if schedule == "warmup_cosine" else 0
+    progress = min(max(step - warm, 0) / max(total_steps - warm, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def steps_per_epoch(train_samples: int, cfg: ExperimentConfig) -> int:
+    """Optimisation steps of one epoch over `train_samples` (all workers'): each worker takes one step per
+    grad_accum_steps micro-batches of its share (split) or of its slice of every global batch (replicate)."""
+    t = cfg.train
+    micro_batches = math.ceil(train_samples / (t.micro_batch_size * t.num_workers))
+    return max(math.ceil(micro_batches / t.grad_accum_steps), 1)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, train_samples: int, step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """The per-step schedule of train.lr_schedule, starting at global step `step`: the schedule is recomputed
+    from it, so a resumed run needs no scheduler state. Made after the optimiser state is loaded (whose groups
+    keep the base rate as "initial_lr"). None for constant: the rate is left as it is (only a group restored
+    from a scheduled run goes back to its base rate)."""
+    t = cfg.train
+    if t.lr_schedule == "constant":
+        for group in optimizer.param_groups:
+            if "initial_lr" in group:
+                group["lr"] = group["initial_lr"]
+        return None
+    if train_samples <= 0:
+        raise ValueError(f"train.lr_schedule={t.lr_schedule} needs the train split's size (loop_config train_samples)")
+    total = t.epochs * steps_per_epoch(train_samples, cfg)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(t.lr_schedule, step + s, total, t.warmup_steps)
+    )
+
+
+# train.early_stop_metric -> which way is better (Ray's checkpoint_score_order).
+METRIC_ORDER = {"val_auc": "max", "val_logloss": "min"}
+
+
+def early_stop_score(metrics: dict[str, Any], metric: str) -> float:
+    """train.early_stop_metric as a score where higher is better (val_logloss: its negative); NaN = -inf."""
+    value = float(metrics[metric])
+    if math.isnan(value):
+        return -math.inf
+    return value if METRIC_ORDER[metric] == "max" else -value
+
+
+def early_stop_state(history: list[dict[str, Any]], metric: str) -> tuple[float, int, int]:
+    """(best score, its epoch, epochs since it) over the epochs' metrics, by `early_stop_score`: what
+    decides train.patience. An epoch improves only when strictly better; (-inf, -1, 0) without epochs."""
+    best, best_epoch, bad_epochs = -math.inf, -1, 0
+    for metrics in history:
+        score = early_stop_score(metrics, metric)
+        if score > best:
+            best, best_epoch, bad_epochs = score, int(metrics["epoch"]), 0
+        else:
+            bad_epochs += 1
+    return best, best_epoch, bad_epochs
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -207,18 +316,20 @@ def train_epoch(
     seed: int,
     expected_samples: int = 0,
     on_progress: Callable[[float, float, float], None] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
     """One pass over this worker's shard in micro-batches of batch_size / (workers x grad_accum_steps).
 
     Gradients of grad_accum_steps micro-batches are summed (DDP syncs only on the last), and the loss
     is accumulated on the device and read once, at the end: no host sync inside the loop, except one
     read per progress line when `on_progress(fraction, loss so far, samples/s)` is given together with
-    this worker's `expected_samples` (at each of PROGRESS_FRACTIONS)."""
+    this worker's `expected_samples` (at each of PROGRESS_FRACTIONS). `scheduler` (train.lr_schedule)
+    steps after every optimisation step; "train_steps" counts them."""
     model.train()
     t = cfg.train
     micro = t.micro_batch_size
     total_loss = torch.zeros((), device=device)
-    seen, start, pending = 0, time.perf_counter(), 0
+    seen, start, pending, steps = 0, time.perf_counter(), 0, 0
     world = ray.train.get_context().get_world_size() if t.sharding == "replicate" else 1
     rank = ray.train.get_context().get_world_rank() if world > 1 else 0
     batches = shard.iter_torch_batches(
@@ -246,6 +357,7 @@ def train_epoch(
             loss = micro_step(model, batch, cfg, bucket_table, device, generator, 1.0 / t.grad_accum_steps, part)
         if last:
             optimizer_step(model, optimizer, cfg)
+            steps += _scheduled(scheduler)
             pending = 0
         total_loss += loss * n
         seen += n
@@ -256,8 +368,21 @@ def train_epoch(
             on_progress(fraction, float(total_loss) / seen, rate)
     if pending:  # the epoch's last, partial accumulation still counts
         optimizer_step(model, optimizer, cfg)
+        steps += _scheduled(scheduler)
     elapsed = time.perf_counter() - start
-    return {"train_loss": float(total_loss) / max(seen, 1), "train_samples": seen, "train_seconds": elapsed}
+    return {
+        "train_loss": float(total_loss) / max(seen, 1),
+        "train_samples": seen,
+        "train_seconds": elapsed,
+        "train_steps": steps,
+    }
+
+
+def _scheduled(scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> int:
+    """One optimisation step taken: the schedule moves on; returns 1 (the step count)."""
+    if scheduler is not None:
+        scheduler.step()
+    return 1
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -280,7 +405,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     bucket_table = torch.as_tensor(index.buckets(cfg.model.id_buckets), dtype=torch.long, device=device)
     built = time.time()
 
-    start_epoch, best_auc, bad_epochs, history = 0, -math.inf, 0, []
+    t = cfg.train
+    start_epoch, best_auc, history, step = 0, -math.inf, [], 0
     optimizer_state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # restart after a failure, or --resume
@@ -290,8 +416,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model.load_state_dict(contents.full_state())
         optimizer_state = contents.optimizer_state
         state = contents.train_state
-        start_epoch, best_auc = state["epoch"] + 1, state["best_auc"]
-        bad_epochs, history = state["bad_epochs"], state["history"]
+        start_epoch, best_auc, history = state["epoch"] + 1, state["best_auc"], state["history"]
+        # Older checkpoints did not count steps: their epochs' steps are recomputed.
+        train_samples = int(loop_config.get("train_samples") or 0)
+        step = state.get("step", start_epoch * steps_per_epoch(train_samples, cfg))
         progress.say(f"[seqctr] resumed from {checkpoint.path} at epoch {start_epoch}")
     elif assets.init_from:
         model.load_state_dict(warm_start_state(assets.init_from, model, index), strict=False)
@@ -304,7 +432,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     core.check_ranges = False  # no host sync per step (see CTRModel)
     optimizer = make_optimizer(core, cfg)
     if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+        load_optimizer_state(optimizer, optimizer_state, core)
+    scheduler = make_scheduler(optimizer, cfg, int(loop_config.get("train_samples") or 0), step)
+    # Best epoch and patience by train.early_stop_metric, recomputed from the epochs so far (a resumed run
+    # may also change the metric).
+    _, _, bad_epochs = early_stop_state(history, t.early_stop_metric)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -334,7 +466,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             cfg.train.seed + epoch,
             expected_samples=int(loop_config.get("train_samples") or 0) // world,
             on_progress=on_progress if rank == 0 else None,
+            scheduler=scheduler,
         )
+        step += stats["train_steps"]
         preds = _gather(predict_shard(model, val_shard, 4 * cfg.train.micro_batch_size, device))
         val = evaluate(preds["label"], preds["prob"], preds["user"])
         samples_per_s = stats["train_samples"] / max(stats["train_seconds"], 1e-9)
@@ -345,14 +479,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train_samples_per_worker": stats["train_samples"],
             "samples_per_s": samples_per_s * world,
             **(startup if epoch == start_epoch else {}),
+            **({"lr": optimizer.param_groups[0]["lr"]} if scheduler is not None else {}),  # the next step's
         }
-        val_auc = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -math.inf
-        improved = val_auc > best_auc
-        best_auc = max(best_auc, val_auc)
-        bad_epochs = 0 if improved else bad_epochs + 1
+        best_auc = max(best_auc, early_stop_score(metrics, "val_auc"))
         history.append(metrics)
+        _, best_epoch, bad_epochs = early_stop_state(history, t.early_stop_metric)
         metrics["should_stop"] = bad_epochs >= cfg.train.patience
-        train_state = {"epoch": epoch, "best_auc": best_auc, "bad_epochs": bad_epochs, "history": history}
+        train_state = {
+            "epoch": epoch,
+            "best_auc": best_auc,
+            "bad_epochs": bad_epochs,
+            "history": history,
+            "early_stop_metric": t.early_stop_metric,
+            "best_epoch": best_epoch,
+            "step": step,
+        }
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:

@@ -3,8 +3,9 @@
     seqctr train --config configs/default.yaml [--set train.epochs=3] [--resume] [--init-from DIR]
 
 Builds (or reuses) the samples and the item embeddings, runs Ray Train in a new run folder
-(train.storage_path/train.run_name/RUN_ID), then evaluates the best checkpoint (by val AUC) on the
-test split, writes a report beside the run and moves the `latest` pointer to it (platform/runs.py).
+(train.storage_path/train.run_name/RUN_ID), then evaluates the best checkpoint (by train.early_stop_metric,
+val AUC by default) on the test split, writes a report beside the run and moves the `latest` pointer to it
+(platform/runs.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from seqctr.platform.runs import new_run_id, newest_run, run_root, write_latest
 from seqctr.platform.storage import absolute, basename, exists, join
 from seqctr.training.assets import ModelAssets, prepare_assets
 from seqctr.training.ingest import encode_dataset, side_of
-from seqctr.training.loop import train_loop_per_worker
+from seqctr.training.loop import METRIC_ORDER, train_loop_per_worker
 
 
 def ensure_samples(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -158,6 +159,7 @@ def make_trainer(
     loop_config: dict[str, Any] = {"experiment": cfg.to_dict(), "assets": assets, "tables_dir": tables}
     if progress is not None:
         loop_config["progress"] = progress
+    if progress is not None or t.lr_schedule != "constant":  # in-epoch progress; the schedule's length
         loop_config["train_samples"] = datasets["train"].count()  # materialised: read from block metadata
     return TorchTrainer(
         train_loop_per_worker,
@@ -169,7 +171,9 @@ def make_trainer(
             name=name or t.run_name,
             storage_path=storage,
             checkpoint_config=CheckpointConfig(
-                num_to_keep=t.keep_best, checkpoint_score_attribute="val_auc", checkpoint_score_order="max"
+                num_to_keep=t.keep_best,
+                checkpoint_score_attribute=t.early_stop_metric,
+                checkpoint_score_order=METRIC_ORDER[t.early_stop_metric],
             ),
             failure_config=FailureConfig(max_failures=t.max_failures),
             callbacks=callbacks,
@@ -190,10 +194,11 @@ def _data_config(cfg: ExperimentConfig) -> DataConfig | None:
     return DataConfig(datasets_to_split=["val"], execution_options={"train": ordered})
 
 
-def best_checkpoint_path(result: Any, run_dir: str) -> str:
-    """The best checkpoint by val AUC, as a path or URI under `run_dir` (Ray's own `Checkpoint.path` is
-    a path inside its filesystem: no s3:// scheme)."""
-    scored = [(m.get("val_auc", float("-inf")), c.path) for c, m in (result.best_checkpoints or [])]
+def best_checkpoint_path(result: Any, run_dir: str, metric: str = "val_auc") -> str:
+    """The best checkpoint by `metric` (train.early_stop_metric), as a path or URI under `run_dir` (Ray's own
+    `Checkpoint.path` is a path inside its filesystem: no s3:// scheme)."""
+    sign = 1.0 if METRIC_ORDER[metric] == "max" else -1.0
+    scored = [(sign * m.get(metric, sign * float("-inf")), c.path) for c, m in (result.best_checkpoints or [])]
     if not scored:
         if result.checkpoint is None:
             raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
@@ -202,7 +207,7 @@ def best_checkpoint_path(result: Any, run_dir: str) -> str:
 
 
 def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | None = None) -> dict[str, Any]:
-    """Train, pick the best checkpoint by val AUC, evaluate it on test, write the report."""
+    """Train, pick the best checkpoint by train.early_stop_metric, evaluate it on test, write the report."""
     from seqctr.training.evaluation import evaluate_checkpoint_on_split
     from seqctr.training.report import write_report
 
@@ -233,8 +238,9 @@ def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | N
         result = trainer.fit()
     if result.error:
         raise result.error
-    best = best_checkpoint_path(result, run_dir)
-    print(f"[seqctr] stage 4/4: test evaluation of {best}")
+    metric = cfg.train.early_stop_metric
+    best = best_checkpoint_path(result, run_dir, metric)
+    print(f"[seqctr] stage 4/4: test evaluation of {best} (best by {metric})")
     test = evaluate_checkpoint_on_split(best, cfg.data.samples, "test")
     history = _history(join(run_dir, basename(result.checkpoint.path)) if result.checkpoint else best)
     report = write_report(join(run_dir, "report"), best, test, history)
@@ -245,6 +251,7 @@ def run_training(cfg: ExperimentConfig, resume: bool = False, init_from: str | N
         "run_dir": run_dir,
         "latest": pointer,
         "best_checkpoint": best,
+        "best_by": metric,
         "test": test["metrics"],
         "val": {k: v for k, v in history[-1].items() if k.startswith("val_")} if history else {},
         "epochs_run": len(history),

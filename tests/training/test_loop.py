@@ -9,13 +9,27 @@ is a host tensor) is left out: it is not a device tensor on CUDA either.
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 from collections import Counter
+from types import SimpleNamespace
 
+import pytest
 import torch
 
-from seqctr.platform.config import ExperimentConfig
+from seqctr.platform.config import ConfigError, ExperimentConfig
 from seqctr.platform.model.ctr import build_model
-from seqctr.training.loop import micro_step, optimizer_step
+from seqctr.training.loop import (
+    early_stop_state,
+    load_optimizer_state,
+    lr_factor,
+    make_optimizer,
+    make_scheduler,
+    micro_step,
+    optimizer_step,
+    steps_per_epoch,
+)
+from seqctr.training.trainer import best_checkpoint_path
 
 NUM_ITEMS, BUCKETS, B, L = 50, 97, 16, 6
 SYNCING = ("item", "tolist", "__bool__", "__int__", "__float__", "numpy", "cpu")
@@ -88,3 +102,98 @@ def test_range_checks_are_on_by_default_for_serving_and_evaluation():
     with count_host_reads() as counts, contextlib.suppress(ValueError):
         model({k: v for k, v in bad.items() if k != "label"})
     assert counts["tolist"] == 1  # the one sync of the range checks
+
+
+# ----------------------------------------------------------------------------- fitting real data
+
+
+def tiny(**overrides) -> ExperimentConfig:
+    base = {"model.id_buckets": BUCKETS, "model.embed_dim": 8, "model.hidden_size": 16, "model.mlp_hidden": [16]}
+    return ExperimentConfig().with_overrides({**base, "model.text": False, **overrides})
+
+
+def test_lr_factor_at_a_few_steps():
+    assert [lr_factor("constant", s, 10) for s in (0, 5, 99)] == [1.0, 1.0, 1.0]
+    cosine = [lr_factor("cosine", s, 10) for s in (0, 5, 10, 20)]
+    assert cosine == pytest.approx([1.0, 0.5, 0.0, 0.0])  # steps past the end stay at the end
+    # warmup_cosine: (s + 1) / 4 over the first 4 steps, then the cosine over the other 10.
+    warm = [lr_factor("warmup_cosine", s, 14, warmup_steps=4) for s in (0, 1, 3, 4, 9, 14)]
+    assert warm == pytest.approx([0.25, 0.5, 1.0, 1.0, 0.5, 0.0])
+    assert lr_factor("warmup_cosine", 0, 10, 0) == lr_factor("cosine", 0, 10) == 1.0
+
+
+def test_the_schedule_sets_the_rate_per_step_and_resumes_from_the_global_step():
+    cfg = tiny(**{"train.lr_schedule": "cosine", "train.batch_size": 4, "train.epochs": 2, "train.lr": 0.1})
+    assert steps_per_epoch(20, cfg) == 5  # 20 samples / batch 4: 10 steps in the run
+    torch.manual_seed(0)
+    model = build_model(cfg.model, NUM_ITEMS, None)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, train_samples=20)
+    rates, saved = [], None
+    for step in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        if step == 4:  # the end of epoch 0: what a checkpoint keeps
+            saved = copy.deepcopy(optimizer.state_dict())
+    assert rates == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(10)])
+    resumed = make_optimizer(model, cfg)
+    load_optimizer_state(resumed, saved, model)
+    make_scheduler(resumed, cfg, train_samples=20, step=5)
+    assert resumed.param_groups[0]["lr"] == pytest.approx(rates[5])
+    # constant (the default) leaves the rate alone: no scheduler at all.
+    constant = tiny(**{"train.lr": 0.1})
+    fresh = make_optimizer(model, constant)
+    assert make_scheduler(fresh, constant, train_samples=0) is None and fresh.param_groups[0]["lr"] == 0.1
+    with pytest.raises(ConfigError, match="train.warmup_steps"):
+        tiny(**{"train.warmup_steps": 10})
+
+
+def test_a_one_group_optimizer_state_resumes_with_embeddings_split_off_and_back():
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = build_model(cfg.model, NUM_ITEMS, None).train()
+    model.check_ranges = False
+    one = make_optimizer(model, cfg)
+    micro_step(model, batch(), cfg, torch.arange(NUM_ITEMS) % BUCKETS, torch.device("cpu"), torch.Generator())
+    optimizer_step(model, one, cfg)
+    saved = copy.deepcopy(one.state_dict())
+    split_cfg = tiny(**{"train.embedding_weight_decay": 0.5})
+    split = make_optimizer(model, split_cfg)
+    assert [g["name"] for g in split.param_groups] == ["model", "embeddings"]
+    load_optimizer_state(split, saved, model)
+    assert [g["weight_decay"] for g in split.param_groups] == [cfg.train.weight_decay, 0.5]
+    for p in model.parameters():  # every parameter keeps its own moments
+        for slot in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(split.state[p][slot], one.state[p][slot])
+    back = make_optimizer(model, cfg)
+    load_optimizer_state(back, copy.deepcopy(split.state_dict()), model)
+    assert [g["name"] for g in back.param_groups] == ["model"]
+    assert all(torch.equal(back.state[p]["exp_avg"], one.state[p]["exp_avg"]) for p in model.parameters())
+    other = copy.deepcopy(saved)
+    other["param_groups"][0]["params"] = other["param_groups"][0]["params"][:-1]  # another model
+    with pytest.raises(ValueError, match="optimiser groups .* do not fit this model"):
+        load_optimizer_state(make_optimizer(model, cfg), other, model)
+
+
+def epochs(*rows: tuple[float, float]) -> list[dict]:
+    return [{"epoch": e, "val_auc": auc, "val_logloss": logloss} for e, (auc, logloss) in enumerate(rows)]
+
+
+def test_early_stopping_on_logloss_picks_the_epoch_with_the_lowest_val_logloss():
+    # AUC peaks at epoch 1, logloss bottoms out at epoch 2 (lower is better), epoch 3 is NaN (never best).
+    history = epochs((0.70, 0.50), (0.75, 0.45), (0.74, 0.40), (float("nan"), float("nan")), (0.73, 0.42))
+    best, best_epoch, bad = early_stop_state(history, "val_logloss")
+    assert (best, best_epoch, bad) == (-0.40, 2, 2)
+    assert early_stop_state(history, "val_auc") == (0.75, 1, 3)
+    assert early_stop_state([], "val_logloss") == (-math.inf, -1, 0)
+    # The best checkpoint of a run follows the same metric and direction.
+    result = SimpleNamespace(
+        best_checkpoints=[
+            (SimpleNamespace(path=f"/ray/epoch_{m['epoch']:03d}"), m) for m in history if m["epoch"] != 3
+        ],
+        checkpoint=None,
+        error=None,
+    )
+    assert best_checkpoint_path(result, "/run", "val_logloss") == "/run/epoch_002"
+    assert best_checkpoint_path(result, "/run") == "/run/epoch_001"  # val_auc, the default

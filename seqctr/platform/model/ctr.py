@@ -76,6 +76,7 @@ class ItemEmbedding(nn.Module):
         self.num_items = num_items
         self.side = side  # item-table columns (data.features.item), added to every item vector
         self.text_dim = text_dim if cfg.text else 0
+        self.item_dropout = cfg.item_dropout
         self.id_embedding = nn.Embedding(cfg.id_buckets, cfg.embed_dim, padding_idx=PAD)
         nn.init.normal_(self.id_embedding.weight, std=0.1)
         with torch.no_grad():
@@ -213,6 +214,8 @@ class ItemEmbedding(nn.Module):
             vec = vec + self.text_proj(text)
         if self.side is not None:
             vec = vec + self.side(clamp_item_index(idx, self.num_items))
+        if self.item_dropout > 0 and self.training:  # model.item_dropout; 0 = no call, no random draw
+            vec = nn.functional.dropout(vec, self.item_dropout, training=True)
         return vec * (idx != PAD).unsqueeze(-1).to(vec.dtype)  # padding -> exactly zero
 
 
@@ -597,12 +600,37 @@ class CTRModel(nn.Module):
 
     # -- optimisation
 
-    def param_groups(self, lr: float, bert_lr: float, weight_decay: float) -> list[dict]:
-        """Optimizer groups: the CTR model at `lr`; trainable BERT layers (fine-tune mode) at `bert_lr`."""
+    def id_embeddings(self) -> list[nn.Embedding]:
+        """The id-embedding tables (item-id buckets, item side-feature values, user ids, context values):
+        the parameters train.embedding_weight_decay regularises apart from the rest."""
+        side = self.items.side
+        tables = [self.items.id_embedding, getattr(side, "cat_embedding", None)]
+        if self.sample_side is not None:
+            tables += [self.sample_side.user, self.sample_side.ctx]
+        return [t for t in tables if t is not None]
+
+    def param_groups(
+        self, lr: float, bert_lr: float, weight_decay: float, embedding_weight_decay: float | None = None
+    ) -> list[dict]:
+        """Optimizer groups: the CTR model at `lr`; trainable BERT layers (fine-tune mode) at `bert_lr`.
+
+        With `embedding_weight_decay` the id-embedding tables (`id_embeddings`) leave the "model" group
+        for an "embeddings" group of their own, decayed by it; None keeps one "model" group."""
         bert = self.items.bert
         bert_ids = {id(p) for p in bert.parameters()} if bert is not None else set()
         model_params = [p for p in self.parameters() if p.requires_grad and id(p) not in bert_ids]
         groups = [{"name": "model", "params": model_params, "lr": lr, "weight_decay": weight_decay}]
+        if embedding_weight_decay is not None:
+            table_ids = {id(t.weight) for t in self.id_embeddings()}
+            groups = [
+                {**groups[0], "params": [p for p in model_params if id(p) not in table_ids]},
+                {
+                    "name": "embeddings",
+                    "params": [p for p in model_params if id(p) in table_ids],
+                    "lr": lr,
+                    "weight_decay": embedding_weight_decay,
+                },
+            ]
         if bert is not None:
             bert_params = [p for p in bert.parameters() if p.requires_grad]
             groups.append({"name": "bert", "params": bert_params, "lr": bert_lr, "weight_decay": weight_decay})

@@ -12,6 +12,7 @@ from seqctr.platform.config import ModelConfig
 from seqctr.platform.model.ctr import CTRModel, build_model
 from seqctr.platform.model.features import AGE_BUCKETS
 from seqctr.platform.model.metrics import auc
+from seqctr.platform.model.side import SideLayout
 
 NUM_ITEMS, TEXT_DIM, BUCKETS = 30, 6, 64
 
@@ -439,3 +440,72 @@ def test_cuda_matches_cpu_is_padding_invariant_and_runs_under_bf16_autocast() ->
     torch.testing.assert_close(gpu.cpu(), cpu, atol=5e-3, rtol=0)  # cuDNN may use TF32
     torch.testing.assert_close(padded, gpu, atol=1e-5, rtol=0)
     assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
+
+
+# ----------------------------------------------------------------------------- fitting real data
+
+
+def side_model(**overrides) -> CTRModel:
+    """Every id-embedding table there is: item ids, an item side column, user ids, a context column."""
+    torch.manual_seed(0)
+    layout = SideLayout(event_cat=("device",), item_cat=("brand",), user_id=True)
+    cfg = tiny_cfg(text=False, feature_buckets=16, user_buckets=32, user_dim=4, feature_dim=4, **overrides)
+    return build_model(cfg, NUM_ITEMS, None, side_layout=layout)
+
+
+def test_embedding_weight_decay_gives_the_id_tables_their_own_group_and_decay() -> None:
+    model = side_model()
+    tables = [model.items.id_embedding, model.items.side.cat_embedding, model.sample_side.user, model.sample_side.ctx]
+    assert {id(t) for t in model.id_embeddings()} == {id(t) for t in tables}
+    assert model.age_embedding is not None and all(t is not model.age_embedding for t in model.id_embeddings())
+    # Unset (None): one "model" group, as before.
+    (single,) = model.param_groups(lr=0.1, bert_lr=1e-5, weight_decay=0.01)
+    assert single["name"] == "model" and len(single["params"]) == sum(1 for _ in model.parameters())
+    groups = model.param_groups(lr=0.1, bert_lr=1e-5, weight_decay=0.01, embedding_weight_decay=2.0)
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in groups] == [("model", 0.1, 0.01), ("embeddings", 0.1, 2.0)]
+    assert {id(p) for p in groups[1]["params"]} == {id(t.weight) for t in tables}
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    assert not {id(p) for p in groups[0]["params"]} & {id(p) for p in groups[1]["params"]}
+    # The decay each group gets: with zero gradients an AdamW step only decays, p <- p * (1 - lr * wd).
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    torch.optim.AdamW(groups).step()
+    tables = {"items.id_embedding.weight", "items.side.cat_embedding.weight"}
+    tables |= {"sample_side.user.weight", "sample_side.ctx.weight"}
+    for name, p in model.named_parameters():
+        factor = 1 - 0.1 * (2.0 if name in tables else 0.01)
+        torch.testing.assert_close(p.detach(), before[name] * factor, atol=1e-7, rtol=1e-6, msg=name)
+
+
+def item_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randint(2, NUM_ITEMS, (8, 6), generator=torch.Generator().manual_seed(3))
+    idx[:, 4:] = 0  # padding
+    return idx, idx % BUCKETS
+
+
+def test_item_dropout_trains_only_and_keeps_padding_exactly_zero() -> None:
+    dropped, plain = make_model(item_dropout=0.5), make_model(item_dropout=0.0)
+    idx, bucket = item_inputs()
+    (text,) = plain.items.text_of([idx])
+    with torch.no_grad():
+        want = plain.items(idx, bucket, text)  # (B, L, D), the same weights: dropout has none
+        torch.testing.assert_close(dropped.items(idx, bucket, text), want, atol=0, rtol=0)  # eval: off
+        batch = make_batch()
+        torch.testing.assert_close(dropped(batch), plain(batch), atol=0, rtol=0)
+        dropped.train()
+        got = dropped.items(idx, bucket, text)
+    real = (idx != 0).unsqueeze(-1).expand_as(got)
+    assert torch.equal(got[~real], torch.zeros_like(got[~real]))  # padding stays exactly zero
+    kept = got[real] != 0
+    assert 0.3 < kept.float().mean() < 0.7  # about half of the real entries dropped...
+    torch.testing.assert_close(got[real][kept], 2 * want[real][kept])  # ...the rest scaled by 1 / (1 - p)
+
+
+def test_no_item_dropout_draws_no_random_numbers() -> None:
+    model = make_model(item_dropout=0.0).train()
+    idx, bucket = item_inputs()
+    (text,) = model.items.text_of([idx])
+    state = torch.get_rng_state()
+    model.items(idx, bucket, text)
+    assert torch.equal(torch.get_rng_state(), state)  # default runs draw the same dropout masks as before
