@@ -8,30 +8,48 @@ the generator's `p_true`, the oracle AUC and the model's share of the oracle's l
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 import ray
 
+from seqctr.platform.data.contract import list_parquet_files, open_parquet
 from seqctr.platform.model.metrics import auc, evaluate
 from seqctr.platform.model.predictor import load_model
+from seqctr.platform.progress import Progress
 from seqctr.training.ingest import encode_table, side_of
 
 
-def score_dataset(checkpoint_dir: str, samples: ray.data.Dataset) -> dict[str, np.ndarray]:
+def _say(message: str) -> None:
+    print(f"[seqctr.evaluate] {message}", file=sys.stderr, flush=True)
+
+
+def parquet_rows(path: str) -> int:
+    """Rows of a Parquet file or folder, from the footers alone (no data read)."""
+    return sum(open_parquet(file).metadata.num_rows for file in list_parquet_files(path))
+
+
+def score_dataset(
+    checkpoint_dir: str, samples: ray.data.Dataset, total: int | None = None, what: str = "evaluate"
+) -> dict[str, np.ndarray]:
     """Stream the samples through the checkpoint's model in this process, batch by batch.
 
     Ray Data reads and streams the blocks; the model is loaded once here (no actor start-up), and
-    only (label, prob, user[, p_true]) per sample is kept.
+    only (label, prob, user[, p_true]) per sample is kept. Given `total` (the rows expected), a
+    progress line (done of total, rate, ETA) goes to stderr every few seconds, and a closing one.
     """
     loaded = load_model(checkpoint_dir)
     cfg = loaded.config
     parts: dict[str, list[np.ndarray]] = {}
-    for batch in samples.iter_batches(batch_format="pyarrow", batch_size=8192):
-        arrays = encode_table(batch, loaded.index, cfg.model.id_buckets, cfg.data.max_seq_len, side_of(cfg))
-        keep = {k: arrays[k] for k in ("label", "user", "p_true") if k in arrays}
-        for key, value in {**keep, "prob": loaded.predict(arrays)}.items():
-            parts.setdefault(key, []).append(value)
+    progress = Progress(_say if total is not None else lambda _: None, what, total or 0, "samples")
+    with progress.ticking(finish=total is not None):
+        for batch in samples.iter_batches(batch_format="pyarrow", batch_size=8192):
+            arrays = encode_table(batch, loaded.index, cfg.model.id_buckets, cfg.data.max_seq_len, side_of(cfg))
+            keep = {k: arrays[k] for k in ("label", "user", "p_true") if k in arrays}
+            for key, value in {**keep, "prob": loaded.predict(arrays)}.items():
+                parts.setdefault(key, []).append(value)
+            progress.advance(batch.num_rows)
     if not parts:
         raise ValueError("nothing to evaluate: the dataset has no rows")
     return {k: np.concatenate(v) for k, v in parts.items()}
@@ -52,7 +70,9 @@ def evaluate_checkpoint_on_split(checkpoint_dir: str, samples_dir: str, split: s
     from seqctr.platform.model.checkpoint import update_metrics
     from seqctr.platform.registry import resolve_checkpoint_uri
 
-    arrays = score_dataset(resolve_checkpoint_uri(checkpoint_dir), read_samples(samples_dir, split))
+    samples = read_samples(samples_dir, split)
+    total = parquet_rows(f"{samples_dir.rstrip('/')}/{split}")
+    arrays = score_dataset(resolve_checkpoint_uri(checkpoint_dir), samples, total, f"evaluate {split}")
     metrics = metrics_for(arrays)
     update_metrics(checkpoint_dir, {f"{split}_{k}": v for k, v in metrics.items()})
     return {"metrics": metrics, "arrays": arrays}
@@ -66,9 +86,9 @@ def evaluate_log(checkpoint: str, events: str | None = None) -> dict[str, Any]:
 
     checkpoint_dir = resolve_checkpoint_uri(checkpoint, None)
     cfg = read_checkpoint(checkpoint_dir).config
-    if events:
-        samples = build_samples(read_events(events), cfg.data.max_seq_len)
+    if events:  # one sample per event
+        samples, total = build_samples(read_events(events), cfg.data.max_seq_len), parquet_rows(events)
     else:
-        samples = read_samples(cfg.data.samples, "test")
-    metrics = metrics_for(score_dataset(checkpoint_dir, samples))
+        samples, total = read_samples(cfg.data.samples, "test"), parquet_rows(f"{cfg.data.samples.rstrip('/')}/test")
+    metrics = metrics_for(score_dataset(checkpoint_dir, samples, total))
     return {"checkpoint": checkpoint_dir, "events": events or f"{cfg.data.samples}/test", **metrics}

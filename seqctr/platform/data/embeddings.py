@@ -28,6 +28,7 @@ import torch
 
 from seqctr.platform.config import EmbedConfig
 from seqctr.platform.data.contract import ITEM_COLUMNS, DataError, list_parquet_files, open_parquet, validate_items
+from seqctr.platform.progress import Progress
 from seqctr.platform.storage import (
     atomic_write_text,
     file_stamps,
@@ -155,16 +156,33 @@ class TextEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Embed `texts` in batches; texts longer than max_length tokens are truncated."""
+        """Embed `texts` in batches of `batch_size`; texts longer than max_length tokens are truncated.
+
+        All texts are tokenised at once, then batched in order of token count, so each batch is padded
+        only to its own longest text (padding is masked out: the vectors are those of unsorted batches,
+        within float tolerance); rows come back in the input order."""
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+        order = np.argsort(lengths, kind="stable")
+        pad = self.tokenizer.pad_token_id or 0
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-            enc = {k: v.to(self.device) for k, v in enc.items()}
-            out[start : start + len(chunk)] = self._forward(enc).cpu().numpy()
+            rows = order[start : start + batch_size]
+            width = int(lengths[rows].max())
+            ids = np.full((len(rows), width), pad, dtype=np.int64)  # (B, L)
+            mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, L)
+            for j, row in enumerate(rows):
+                ids[j, : lengths[row]] = tokens[row]
+                mask[j, : lengths[row]] = 1
+            enc = {
+                "input_ids": torch.from_numpy(ids).to(self.device),
+                "attention_mask": torch.from_numpy(mask).to(self.device),
+                "token_type_ids": torch.zeros_like(torch.from_numpy(ids)).to(self.device),
+            }
+            out[rows] = self._forward(enc).cpu().numpy()
         return out
 
     def _forward(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -182,10 +200,17 @@ class TextEncoder:
 
 
 class _ItemEncoder(TextEncoder):
-    """Ray Data actor: keeps only (item_id as string, embedding) so text never travels back."""
+    """Ray Data actor: tokenises and encodes one block of texts (sorted by length, in forward batches of
+    `batch_size`) with `threads` torch threads; keeps only (item_id as string, embedding) so text never
+    travels back."""
+
+    def __init__(self, *, batch_size: int, threads: int, **kwargs: Any) -> None:
+        torch.set_num_threads(max(int(threads), 1))
+        super().__init__(**kwargs)
+        self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        embedding = self.encode(batch["text"].tolist(), batch_size=max(len(batch["text"]), 1))
+        embedding = self.encode(batch["text"].tolist(), batch_size=self.batch_size)
         ids = np.array([str(i) for i in batch["item_id"].tolist()], dtype=object)
         return {"item_id": ids, "embedding": embedding}
 
@@ -233,11 +258,45 @@ def _model_stamp(model_path: str) -> list[list[Any]]:
 
 # --------------------------------------------------------------------------- the Ray Data job
 
+BATCHES_PER_BLOCK = 16  # forward batches per Ray Data block: what an actor sorts by length, one progress step
+THREADS_PER_ACTOR = 4  # CPU actors when embed.concurrency is not set: this many torch threads each
+
+
+def encoder_pool(cfg: EmbedConfig) -> dict[str, Any]:
+    """The actor pool sized from the cluster: {'actors', 'cpus' (per actor), 'threads' (torch, per actor)}.
+
+    GPU (embed.num_gpus > 0): one actor per `num_gpus` of the cluster's GPUs (or embed.concurrency),
+    1 CPU each for tokenising. CPU: the cluster's CPUs are shared out, so actors x threads = CPUs and
+    the bare-encoder comparison is at the same total threads: embed.concurrency actors when it is set
+    (threads = CPUs / actors, at most one node's CPUs), else actors of THREADS_PER_ACTOR threads (fewer
+    on a smaller node). Each actor reserves as many CPUs as it runs threads.
+    """
+    import ray
+
+    explicit = "concurrency" in cfg.model_fields_set
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if cfg.num_gpus > 0:
+        gpus = sum(float(n.get("GPU", 0.0)) for n in nodes)
+        actors = cfg.concurrency if explicit else max(1, int(gpus // cfg.num_gpus))
+        return {"actors": actors, "cpus": 1.0, "threads": 1}
+    total = max(1, int(sum(float(n.get("CPU", 0.0)) for n in nodes)))
+    per_node = max(1, int(max((float(n.get("CPU", 0.0)) for n in nodes), default=1.0)))
+    if explicit:
+        actors = cfg.concurrency
+        threads = max(1, min(per_node, total // actors))
+    else:
+        threads = min(THREADS_PER_ACTOR, per_node)
+        actors = max(1, total // threads)
+    return {"actors": actors, "cpus": float(threads), "threads": threads}
+
 
 def embed_items(items_path: str, cfg: EmbedConfig) -> dict[str, Any]:
     """Embed every item text once, in batch, on a Ray Data actor pool; cached by fingerprint.
 
-    Returns rows, dim, seconds, items_per_s (0.0 when cached), cached, path, fingerprint.
+    Blocks of BATCHES_PER_BLOCK x batch_size texts stream to the actors, which tokenise them and encode
+    them in forward batches sorted by length; the driver prints progress lines as blocks come back.
+    Returns rows, dim, seconds, items_per_s (0.0 when cached), cached, path, fingerprint; a fresh run
+    also gives actors, threads_per_actor and first_block_s (start-up: until the first block came back).
     """
     import ray.data
 
@@ -255,8 +314,17 @@ def embed_items(items_path: str, cfg: EmbedConfig) -> dict[str, Any]:
 
     rows = int(validate_items(items_path)["rows"])
     _check_unique_ids(files)
-    _stage(f"embedding {rows} items from {len(files)} file(s) with {cfg.model} ({model_path})")
-    ds = ray.data.read_parquet(files, columns=list(ITEM_COLUMNS))
+    pool = encoder_pool(cfg)
+    block_rows = BATCHES_PER_BLOCK * cfg.batch_size
+    _stage(
+        f"embedding {rows} items from {len(files)} file(s) with {cfg.model} ({model_path}) on "
+        f"{pool['actors']} actor(s) x {pool['threads']} thread(s)"
+        + (f", {cfg.num_gpus} GPU each" if cfg.num_gpus else "")
+    )
+    # The read reserves no CPU: the actors hold the cluster's CPUs, and a read waiting for one would stall.
+    ds = ray.data.read_parquet(
+        files, columns=list(ITEM_COLUMNS), num_cpus=0, override_num_blocks=max(1, -(-rows // block_rows))
+    )
     ds = ds.map_batches(
         _ItemEncoder,
         fn_constructor_kwargs={
@@ -264,18 +332,25 @@ def embed_items(items_path: str, cfg: EmbedConfig) -> dict[str, Any]:
             "max_length": cfg.max_length,
             "pooling": cfg.pooling,
             "device": "cuda" if cfg.num_gpus > 0 else "cpu",
+            "batch_size": cfg.batch_size,
+            "threads": pool["threads"],
         },
-        batch_size=cfg.batch_size,
+        batch_size=block_rows,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+        compute=ray.data.ActorPoolStrategy(size=pool["actors"]),
+        num_cpus=pool["cpus"],
         num_gpus=cfg.num_gpus,
         udf_modifying_row_count=False,
     )
     ids: list[str] = []
     chunks: list[np.ndarray] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        ids.extend(batch["item_id"].tolist())
-        chunks.append(np.asarray(batch["embedding"], dtype=np.float32))
+    first_block_s = 0.0
+    with Progress(_stage, "embed", rows, "items").ticking() as progress:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            first_block_s = first_block_s or time.perf_counter() - start
+            ids.extend(batch["item_id"].tolist())
+            chunks.append(np.asarray(batch["embedding"], dtype=np.float32))
+            progress.advance(len(batch["item_id"]))
     if len(ids) != rows:
         raise RuntimeError(f"encoder returned {len(ids)} rows for {rows} items in {items_path}")
     order = sorted(range(len(ids)), key=ids.__getitem__)  # keyed by item id, not by arrival order
@@ -299,7 +374,12 @@ def embed_items(items_path: str, cfg: EmbedConfig) -> dict[str, Any]:
         fs, inner = filesystem_for(tmp)
         pq.write_table(_to_table(ids, matrix), f"{inner}/{EMBEDDINGS_FILE}", filesystem=fs)
         atomic_write_text(join(tmp, META_FILE), json.dumps(meta, indent=2) + "\n")
-    report = _report(meta, seconds, cached=False, path=out)
+    report = {
+        **_report(meta, seconds, cached=False, path=out),
+        "actors": pool["actors"],
+        "threads_per_actor": pool["threads"],
+        "first_block_s": round(first_block_s, 3),
+    }
     _stage(f"wrote {report['rows']} x {report['dim']} to {out} ({report['items_per_s']:.0f} items/s)")
     return report
 
