@@ -57,6 +57,7 @@ from seqctr.platform.data.counts import (
     user_counts,
 )
 from seqctr.platform.model.features import INDEX_FILE, ItemIndex, hash64
+from seqctr.platform.progress import Progress
 from seqctr.platform.storage import (
     atomic_write_text,
     file_stamps,
@@ -560,36 +561,6 @@ def _samples_and_write(
     return out
 
 
-class Progress:
-    """One line every `every_s` seconds for long work: done of total, rate and ETA (logs and Ray Job
-    logs show it as is; no terminal control codes)."""
-
-    def __init__(
-        self, say: Callable[[str], None], what: str, total: int, unit: str = "events", every_s: float = 5.0
-    ) -> None:
-        self.say, self.what, self.total, self.unit, self.every_s = say, what, max(total, 0), unit, every_s
-        self.start = self.last = time.perf_counter()
-        self.done = 0
-
-    def advance(self, n: int) -> None:
-        """Count `n` more done; print a line when `every_s` has passed since the last one."""
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every_s and self.done < self.total:
-            self.last = now
-            self.say(self.line(now))
-
-    def line(self, now: float | None = None) -> str:
-        elapsed = max((now or time.perf_counter()) - self.start, 1e-9)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        share = 100.0 * self.done / self.total if self.total else 100.0
-        return (
-            f"{self.what}: {self.done:,}/{self.total:,} {self.unit} ({share:.0f}%), "
-            f"{rate:,.0f} {self.unit}/s, ETA {eta:.0f}s"
-        )
-
-
 def _wait_all(refs: list[ray.ObjectRef], progress: Progress, rows_of: Callable[[Any], int]) -> list[Any]:
     """ray.get of every ref in order, advancing `progress` by `rows_of(result)` as each one lands."""
     position = {ref: i for i, ref in enumerate(refs)}
@@ -618,7 +589,7 @@ def _read_phase(
     read = ray.remote(_read_and_partition).options(num_returns=num_partitions + 1)
     outputs = [read.remote(unit, columns, num_partitions, side, count_period_s) for unit in units]
     say(f"reading {rows:,} events in {len(units)} task(s) into {num_partitions} partition(s) by user")
-    summaries = _wait_all([out[0] for out in outputs], Progress(say, "read", rows), lambda s: s["rows"])
+    summaries = _wait_all([out[0] for out in outputs], Progress(say, "read", rows, "events"), lambda s: s["rows"])
     event_ids: set[str] = set()
     for summary in summaries:
         event_ids.update(summary["items"].to_pylist())

@@ -313,15 +313,16 @@ def test_plan_reads_keeps_row_groups_whole_and_finds_p_true(tmp_path):
     assert "p_true" in _plan_reads(files[:1], 50)[1]
 
 
-def test_progress_line_counts_rate_and_eta():
-    from seqctr.platform.data.samples import Progress
+def test_build_progress_counts_rate_and_eta_with_the_shared_progress_lines():
+    from seqctr.platform.data.samples import Progress  # the build's: platform/progress.py, as embed's
 
     lines: list[str] = []
-    progress = Progress(lines.append, "read", total=1000, every_s=0.0)
+    progress = Progress(lines.append, "read", total=1000, unit="events", every_s=0.0)
+    progress.advance(0)  # nothing done yet: the ETA is unknown, not infinite
     progress.advance(250)
     progress.advance(750)  # done: no line (the stage's own summary follows)
-    assert len(lines) == 1 and lines[0].startswith("read: 250/1,000 events (25%), ")
-    assert "events/s, ETA" in lines[0]
+    assert len(lines) == 2 and lines[0].endswith("ETA ?") and lines[1].startswith("read: 250/1,000 events (25%), ")
+    assert "events/s, ETA" in lines[1]
 
 
 def test_ray_build_over_many_read_and_partition_tasks_is_exact(ray_session, tmp_path, monkeypatch):
