@@ -29,6 +29,7 @@ import torch
 from seqctr.platform.config import EmbedConfig
 from seqctr.platform.data.contract import ITEM_COLUMNS, DataError, list_parquet_files, open_parquet, validate_items
 from seqctr.platform.progress import Progress
+from seqctr.platform.runtime import quiet_ray_data
 from seqctr.platform.storage import (
     atomic_write_text,
     file_stamps,
@@ -321,7 +322,9 @@ def embed_items(items_path: str, cfg: EmbedConfig) -> dict[str, Any]:
         f"{pool['actors']} actor(s) x {pool['threads']} thread(s)"
         + (f", {cfg.num_gpus} GPU each" if cfg.num_gpus else "")
     )
-    # The read reserves no CPU: the actors hold the cluster's CPUs, and a read waiting for one would stall.
+    # The read reserves no CPU: the actors hold the cluster's CPUs, and a read waiting for one would stall
+    # (so would the V2 Parquet reader's helper tasks: quiet_ray_data picks the V1 reader, as init_ray does).
+    quiet_ray_data()
     ds = ray.data.read_parquet(
         files, columns=list(ITEM_COLUMNS), num_cpus=0, override_num_blocks=max(1, -(-rows // block_rows))
     )
