@@ -168,6 +168,11 @@ class ModelConfig(_Section):
     )
     user_buckets: int = Field(100_000, ge=2, description="Hash buckets of the user-id embedding.")
     user_dim: int = Field(16, ge=1, description="User-id embedding size (data.features.user_id).")
+    wide: bool = Field(
+        True,
+        description="With data.features: a wide part beside the deep head (learned biases per item, user and "
+        "context value, per item-column x context pair, and a linear term of the counts); off without features.",
+    )
     item_dropout: float = Field(
         0.0,
         ge=0,

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from seqctr.platform.config import ModelConfig
 from seqctr.platform.model.features import AGE_BUCKETS
-from seqctr.platform.model.side import SIDE_INPUTS, ItemSide, SampleSide, SideLayout
+from seqctr.platform.model.side import SIDE_INPUTS, ItemSide, SampleSide, SideLayout, WideTerms
 
 PAD, UNKNOWN = 0, 1
 FROZEN_CACHE_BYTES = 1 << 30  # fine-tuning: cache the frozen BERT layers' output when it fits in this
@@ -337,6 +337,9 @@ class CTRModel(nn.Module):
         if layout.per_sample:
             self.sample_side = SampleSide(cfg, layout, num_items, side_tables or {}, side_stats)
             side_width = self.sample_side.sample_width + self.sample_side.target_width
+        self.wide: WideTerms | None = None
+        if cfg.wide and (layout.per_sample or layout.item_cat):
+            self.wide = WideTerms(cfg, layout)
         # The age of a click tells whether it belongs to the current session, whose intent it reveals.
         self.age_embedding: nn.Embedding | None = None
         if cfg.time_features:
@@ -482,6 +485,22 @@ class CTRModel(nn.Module):
         per_row = self.sample_side.per_sample(side, rows, target_idx.device)
         return per_row, self.sample_side.per_target(side, target_idx)
 
+    def _wide_logit(
+        self, side: dict[str, Tensor] | None, target_idx: Tensor, target_bucket: Tensor, group: Tensor | None, rows: int
+    ) -> Tensor | None:
+        """(N,) the wide part's logit (model.wide with data.features), or None."""
+        if self.wide is None:
+            return None
+        side = side or {}
+        target_idx = clamp_item_index(target_idx, self.num_items)
+        item_side = self.items.side
+        item_cat = item_side.item_side_cat[target_idx] if item_side is not None and item_side.n_cat else None
+        row_counts = target_counts = None
+        if self.sample_side is not None:
+            row_counts = self.sample_side.user_count_features(side, rows, target_idx.device)
+            target_counts = self.sample_side.per_target(side, target_idx)
+        return self.wide(side, target_bucket, item_cat, row_counts, target_counts, group)
+
     def _score(
         self,
         history: HistoryState,
@@ -536,6 +555,9 @@ class CTRModel(nn.Module):
         row_side, target_side = self._side_vectors(side, hist_len.shape[0], batch["target_idx"])
         history = self.encoder(self._with_age(hist_vec, hist_age), hist_len)
         logits, weights = self._score(history, tgt_vec, None, row_side, target_side)
+        wide = self._wide_logit(side, batch["target_idx"], batch["target_bucket"], None, hist_len.shape[0])
+        if wide is not None:
+            logits = logits + wide.to(logits.dtype)
         return (logits, weights) if return_attention else logits
 
     def score_groups(
@@ -567,6 +589,9 @@ class CTRModel(nn.Module):
         _, tgt_vec = self._embed(None, None, target_idx, target_bucket, target_text, target_text_mask)  # (N, D)
         row_side, target_side = self._side_vectors(side, hist_idx.shape[0], target_idx)
         logits, weights = self._score(history, tgt_vec, group, row_side, target_side)  # (N,), (N, L)
+        wide = self._wide_logit(side, target_idx, target_bucket, group, hist_idx.shape[0])
+        if wide is not None:
+            logits = logits + wide.to(logits.dtype)
         return (logits, weights) if return_attention else logits
 
     def score_candidates(
@@ -607,6 +632,8 @@ class CTRModel(nn.Module):
         tables = [self.items.id_embedding, getattr(side, "cat_embedding", None)]
         if self.sample_side is not None:
             tables += [self.sample_side.user, self.sample_side.ctx]
+        if self.wide is not None:
+            tables += [self.wide.item, self.wide.user, self.wide.ctx, self.wide.cross]
         return [t for t in tables if t is not None]
 
     def param_groups(

@@ -288,9 +288,12 @@ class SampleSide(nn.Module):
         if layout.counts:
             table = tables.get("item_counts", np.zeros((num_items, 2), np.float32))
             self.register_buffer("item_counts", torch.as_tensor(table, dtype=torch.float32))
-        for module in (self.user, self.ctx):
-            if module is not None:
-                nn.init.normal_(module.weight, std=0.1)
+        if self.user is not None:
+            # Zeros: a user the training never saw (most test users of a real log) hashes to a row no
+            # gradient reached, which then reads as "no user" instead of as random noise.
+            nn.init.zeros_(self.user.weight)
+        if self.ctx is not None:
+            nn.init.normal_(self.ctx.weight, std=0.1)
         self.sample_width = (
             (cfg.user_dim if self.user is not None else 0) + self.n_cat * cfg.feature_dim + self.n_num
         ) + (3 if layout.counts else 0)
@@ -315,12 +318,19 @@ class SampleSide(nn.Module):
                 num = torch.full((batch, self.n_num), float("nan"), device=device)
             z = (num.float() - self.num_mean) / self.num_std
             parts.append(torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).clamp(-10, 10))
-        if self.layout.counts:
-            counts = side.get("user_counts")
-            if counts is None:
-                counts = torch.zeros(batch, 2, device=device)
-            parts.append(count_features(counts.float(), self.prior_ctr, self.prior))
+        user_counts = self.user_count_features(side, batch, device)
+        if user_counts is not None:
+            parts.append(user_counts)
         return torch.cat(parts, dim=-1) if parts else None
+
+    def user_count_features(self, side: dict[str, Tensor], batch: int, device: torch.device) -> Tensor | None:
+        """(B, 3) the user's count features (zeros counts: a new user), or None without counts."""
+        if not self.layout.counts:
+            return None
+        counts = side.get("user_counts")
+        if counts is None:
+            counts = torch.zeros(batch, 2, device=device)
+        return count_features(counts.float(), self.prior_ctr, self.prior)
 
     def per_target(self, side: dict[str, Tensor], target_idx: Tensor) -> Tensor | None:
         """(N, target_width): the target's counts from the batch (training) or the item table (serving)."""
@@ -332,12 +342,71 @@ class SampleSide(nn.Module):
         return count_features(counts.float(), self.prior_ctr, self.prior)
 
 
+class WideTerms(nn.Module):
+    """The wide part of wide & deep, for logs whose signal is in features: a learned bias per target
+    item bucket, per user bucket and per context value, one per (target item column value x context
+    value) pair (hashed into `model.feature_buckets * 16` rows), and a linear term of the count features;
+    added to the deep head's logit. Why: item quality, user click bias and context x category effects
+    are first-order or pairwise, which a bias table learns from a few events and without overfitting
+    the deep embeddings, and what a cross-featured logistic regression wins real logs with. Every
+    table starts at zero, so an unseen user, item or pair adds nothing."""
+
+    CROSS_FACTOR = 16
+
+    def __init__(self, cfg: ModelConfig, layout: SideLayout) -> None:
+        super().__init__()
+        self.item = nn.Embedding(cfg.id_buckets, 1)
+        self.user = nn.Embedding(cfg.user_buckets, 1) if layout.user_id else None
+        n_ctx, n_item = len(layout.event_cat), len(layout.item_cat)
+        self.n_ctx, self.n_item, self.buckets = n_ctx, n_item, cfg.feature_buckets
+        self.ctx = nn.Embedding(n_ctx * cfg.feature_buckets, 1) if n_ctx else None
+        self.cross_rows = cfg.feature_buckets * self.CROSS_FACTOR
+        self.cross = nn.Embedding(n_ctx * n_item * self.cross_rows, 1) if n_ctx and n_item else None
+        self.counts = nn.Linear(6 if layout.counts else 1, 1, bias=False)
+        for table in (self.item, self.user, self.ctx, self.cross, self.counts):
+            if table is not None:
+                nn.init.zeros_(table.weight)
+
+    def forward(
+        self,
+        side: dict[str, Tensor],
+        target_bucket: Tensor,
+        target_item_cat: Tensor | None,
+        row_counts: Tensor | None,
+        target_counts: Tensor | None,
+        group: Tensor | None,
+    ) -> Tensor:
+        """(N,) wide logit of N targets; per-row inputs are taken at `group` (None: row n)."""
+
+        def per_target(x: Tensor) -> Tensor:
+            return x if group is None else x[group]
+
+        out = self.item(target_bucket).squeeze(-1)  # (N,)
+        bucket = side.get("user_bucket")
+        if self.user is not None and bucket is not None:
+            out = out + self.user(per_target(bucket)).squeeze(-1)
+        ctx = side.get("ctx_cat")
+        if self.ctx is not None and ctx is not None:
+            ctx = per_target(ctx)  # (N, Fc)
+            offsets = torch.arange(self.n_ctx, device=ctx.device) * self.buckets
+            out = out + self.ctx(ctx + offsets).sum((-1, -2))
+            if self.cross is not None and target_item_cat is not None:
+                # pair (item column i, context column c): row = ((i * Fc + c) * R) + hash(item value, ctx value) % R
+                pair = (target_item_cat.unsqueeze(-1) * 1_000_003 + ctx.unsqueeze(-2)) % self.cross_rows  # (N, Fi, Fc)
+                block = torch.arange(self.n_item * self.n_ctx, device=ctx.device).view(self.n_item, self.n_ctx)
+                out = out + self.cross(pair + block * self.cross_rows).sum((-1, -2, -3))
+        if row_counts is not None and target_counts is not None:
+            out = out + self.counts(torch.cat([per_target(row_counts), target_counts], dim=-1).float()).squeeze(-1)
+        return out
+
+
 __all__ = [
     "ITEM_TABLE_KEYS",
     "FeatureFieldError",
     "SIDE_INPUTS",
     "ItemSide",
     "SampleSide",
+    "WideTerms",
     "SideLayout",
     "category_buckets",
     "count_features",

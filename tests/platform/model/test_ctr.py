@@ -456,6 +456,7 @@ def side_model(**overrides) -> CTRModel:
 def test_embedding_weight_decay_gives_the_id_tables_their_own_group_and_decay() -> None:
     model = side_model()
     tables = [model.items.id_embedding, model.items.side.cat_embedding, model.sample_side.user, model.sample_side.ctx]
+    tables += [model.wide.item, model.wide.user, model.wide.ctx, model.wide.cross]  # the wide part's bias tables
     assert {id(t) for t in model.id_embeddings()} == {id(t) for t in tables}
     assert model.age_embedding is not None and all(t is not model.age_embedding for t in model.id_embeddings())
     # Unset (None): one "model" group, as before.

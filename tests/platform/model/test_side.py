@@ -154,3 +154,25 @@ def test_checkpoint_round_trip_keeps_tables_and_statistics_and_shares_the_item_t
     b = batch()
     torch.testing.assert_close(loaded(b), m(b))
     assert float(loaded.sample_side.num_mean[0]) == 12.0 and float(loaded.sample_side.prior_ctr) == pytest.approx(0.2)
+
+
+def test_the_wide_part_starts_neutral_and_learns_a_context_x_category_pair():
+    m = model()
+    b = batch()
+    assert m.wide is not None
+    wide = m._wide_logit({k: b[k] for k in ("user_bucket", "ctx_cat", "ctx_num", "user_counts", "target_counts")},
+                         b["target_idx"], b["target_bucket"], None, 6)  # fmt: skip
+    assert torch.equal(wide, torch.zeros(6))  # every table starts at zero: nothing unseen adds anything
+    # One pair (device bucket of row 0, brand of its target) gets a weight: only rows sharing both move.
+    target_cat = m.items.side.item_side_cat[b["target_idx"]]
+    pair = (target_cat.unsqueeze(-1) * 1_000_003 + b["ctx_cat"].unsqueeze(-2)) % m.wide.cross_rows
+    with torch.no_grad():
+        m.wide.cross.weight[int(pair[0, 0, 0])] = 1.0
+    moved = m._wide_logit({"ctx_cat": b["ctx_cat"]}, b["target_idx"], b["target_bucket"], None, 6)
+    same = (pair[:, 0, 0] == pair[0, 0, 0]).float()
+    torch.testing.assert_close(moved, same)
+
+
+def test_model_wide_false_and_a_model_without_features_have_no_wide_part():
+    off = build_model(CFG.model_copy(update={"wide": False}), NUM_ITEMS, None, side_layout=LAYOUT, side_tables=tables())
+    assert off.wide is None and build_model(CFG, NUM_ITEMS, None).wide is None
