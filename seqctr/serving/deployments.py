@@ -269,8 +269,7 @@ def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
     hist_idx, hist_bucket = encode_items(history, model.index, cfg.model.id_buckets)
     hist_age = click_ages(payload, len(history))
     cand_idx, cand_bucket = encode_items(candidates, model.index, cfg.model.id_buckets)
-    # Raises FeatureFieldError (a 422) for a side field the model cannot read; a model without per-sample
-    # side inputs still checks them (a context sent to it would otherwise be dropped unseen).
+    # Raises FeatureFieldError (a 422) for a side field of the wrong kind (side.encode_request_side).
     side = encode_request_side(payload, getattr(model.model, "side_layout", SideLayout()), cfg.model) or None
     use_text = model.model.text_dim > 0
     cold = [i for i, row in enumerate(cand_idx) if row == UNKNOWN and use_text and texts[i] and str(texts[i]).strip()]

@@ -126,7 +126,7 @@ class ScoreRequest(_Strict):
     context: dict[Annotated[str, StringConstraints(min_length=1)], ContextValue] | None = Field(
         None,
         description='Event context the model was trained with (data.features.event), e.g. {"device": '
-        '"mobile", "hour": 9}; a field the model does not read is a 422, an absent one reads as missing.',
+        '"mobile", "hour": 9}; a field the model does not read is ignored, an absent one reads as missing.',
     )
     user_impressions: Integer | None = Field(
         None, ge=0, description="The user's impressions so far (data.features.counts; absent = a new user)."

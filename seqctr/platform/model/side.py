@@ -153,16 +153,10 @@ def encode_request_side(payload: dict[str, Any], layout: SideLayout, cfg: ModelC
 
     `payload`: `user_id`, `context` (event column -> value), `user_impressions`, `user_clicks`. What is
     absent reads as missing (no user id: the padding bucket; no context value: null / NaN; no counts: a
-    new user). A context key the model does not read, or a non-number for a numeric one, is an error
-    naming the field (silently dropping it would score a different request than the caller sent)."""
+    new user). A context key the model does not read is ignored, so one client can call variants trained
+    on different features (serve.variants); a non-number for a numeric key, or more clicks than
+    impressions, is an error naming the field."""
     context = payload.get("context") or {}
-    known = set(layout.event_cat) | set(layout.event_num)
-    for key in context:
-        if key not in known:
-            expected = ", ".join(sorted(known)) or "none"
-            raise FeatureFieldError(
-                ("context", key), f"the model reads no context field {key!r} (it reads: {expected})"
-            )
     row: dict[str, Any] = {}
     for name in layout.event_num:
         value = context.get(name)
