@@ -64,15 +64,15 @@ def make_datasets(cfg: ExperimentConfig, index_data: bytes) -> dict[str, ray.dat
     speed; a campaign's trials share the same materialised blocks. `train.max_train_samples` keeps the
     first N train samples (val is always whole, so runs stay comparable).
     """
-    with _block_order_kept(cfg.train.sharding == "replicate"):
+    with _block_order_kept(cfg.train.sharding == "replicate" or cfg.train.shuffle == "time"):
         return _encoded_splits(cfg, index_data)
 
 
 @contextlib.contextmanager
 def _block_order_kept(ordered: bool) -> Iterator[None]:
-    """train.sharding=replicate: datasets built here keep their blocks in input order (by default Ray
-    Data stores whichever block finished first, so the epoch's order would change run to run). Set on
-    the current DataContext while they are built and materialised."""
+    """train.shuffle=time or train.sharding=replicate: datasets built here keep their blocks in input
+    order (by default Ray Data stores whichever block finished first, so the epoch's order would change
+    run to run). Set on the current DataContext while they are built and materialised."""
     options = ray.data.DataContext.get_current().execution_options
     before = options.preserve_order
     options.preserve_order = before or ordered
@@ -184,14 +184,18 @@ def make_trainer(
 
 
 def _data_config(cfg: ExperimentConfig) -> DataConfig | None:
-    """replicate: train is not split (each worker reads it whole and keeps its slice of every batch), and
-    its blocks arrive in their stored order (Ray Data's default lets whichever block is ready first come
-    first, so the epoch's order, and with it the model, would change with machine load)."""
-    if cfg.train.sharding != "replicate":
+    """train's blocks arrive in their stored order whenever that order means something: train.shuffle=time
+    (samples are stored oldest to newest and an epoch ends on the freshest) or replicate sharding (every
+    worker keeps its slice of the same batches). Ray Data's default lets whichever block is ready first
+    come first, so from the second epoch on the order, and with it the model, changed with machine load
+    (a resumed run, whose epoch is its iterator's first pass, then disagreed with an undisturbed one).
+    replicate: train is not split either (each worker reads it whole)."""
+    if cfg.train.sharding != "replicate" and cfg.train.shuffle != "time":
         return None
     ordered = DataConfig.default_ingest_options()
     ordered.preserve_order = True
-    return DataConfig(datasets_to_split=["val"], execution_options={"train": ordered})
+    split = ["val"] if cfg.train.sharding == "replicate" else "all"
+    return DataConfig(datasets_to_split=split, execution_options={"train": ordered})
 
 
 def best_checkpoint_path(result: Any, run_dir: str, metric: str = "val_auc") -> str:

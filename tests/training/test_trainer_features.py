@@ -34,7 +34,7 @@ FEATURES = {
     ],
     "data.features.user_id": True,
     "data.features.counts": True,
-    "train.epochs": 2,
+    "train.epochs": 1,
     "train.run_name": "features",
 }
 
