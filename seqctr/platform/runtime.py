@@ -210,5 +210,7 @@ _native_filter: NativeStderrFilter | None = None
 def quiet_native_stderr(log_path: Path | None) -> None:
     """For a CLI process (not tests, whose runner owns the descriptors): see NativeStderrFilter."""
     global _native_filter
-    if log_path is not None and _native_filter is None:
+    # Only in a real CLI process: when sys.stderr is not the process's own (a test runner or CliRunner
+    # capturing it), swapping descriptors would send the caller's error lines past its capture.
+    if log_path is not None and _native_filter is None and sys.stderr is sys.__stderr__:
         _native_filter = NativeStderrFilter(log_path)
