@@ -62,6 +62,7 @@ ItemId = Annotated[Annotated[StrictStr, StringConstraints(min_length=1)] | Integ
 """A string or integer item id, turned into its string form (`17` and `"17"` are the same item)."""
 
 ItemSource = Literal["known", "text", "hashed"]
+Count = Annotated[StrictInt, Field(ge=0), BeforeValidator(_whole_number)]  # as UnixSeconds: in the OpenAPI schema
 ContextValue = (
     Annotated[StrictStr, StringConstraints(max_length=1000)]
     | StrictInt
@@ -128,10 +129,10 @@ class ScoreRequest(_Strict):
         description='Event context the model was trained with (data.features.event), e.g. {"device": '
         '"mobile", "hour": 9}; a field the model does not read is ignored, an absent one reads as missing.',
     )
-    user_impressions: Integer | None = Field(
-        None, ge=0, description="The user's impressions so far (data.features.counts; absent = a new user)."
+    user_impressions: Count | None = Field(
+        None, description="The user's impressions so far (data.features.counts; absent = a new user)."
     )
-    user_clicks: Integer | None = Field(None, ge=0, description="The user's clicks so far (<= user_impressions).")
+    user_clicks: Count | None = Field(None, description="The user's clicks so far (<= user_impressions).")
     # Strict, as the schema says: `"explain": 0` or `"k": "3"` are 422s, not silently coerced.
     explain: StrictBool = Field(False, description="Return each history item's attention weight per candidate.")
 
