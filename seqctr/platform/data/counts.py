@@ -26,13 +26,6 @@ import numpy as np
 import pyarrow as pa
 
 from seqctr.platform.model.features import hash64
-from seqctr.platform.model.side import (  # noqa: F401 - the column names, re-exported for the build
-    COUNT_COLUMNS,
-    ITEM_CLICKS,
-    ITEM_IMPRESSIONS,
-    USER_CLICKS,
-    USER_IMPRESSIONS,
-)
 
 ITEM_COUNTS_FILE = "item_counts.parquet"
 

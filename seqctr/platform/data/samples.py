@@ -45,18 +45,9 @@ from seqctr.platform.data.contract import (
     validate_events,
     validate_items,
 )
-from seqctr.platform.data.counts import (
-    COUNT_COLUMNS,
-    ITEM_CLICKS,
-    ITEM_COUNTS_FILE,
-    ITEM_IMPRESSIONS,
-    USER_CLICKS,
-    USER_IMPRESSIONS,
-    ItemCountTable,
-    period_summary,
-    user_counts,
-)
+from seqctr.platform.data.counts import ITEM_COUNTS_FILE, ItemCountTable, period_summary, user_counts
 from seqctr.platform.model.features import INDEX_FILE, ItemIndex, hash64
+from seqctr.platform.model.side import COUNT_COLUMNS, ITEM_CLICKS, ITEM_IMPRESSIONS, USER_CLICKS, USER_IMPRESSIONS
 from seqctr.platform.progress import Progress
 from seqctr.platform.storage import (
     atomic_write_text,

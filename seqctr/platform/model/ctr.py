@@ -486,20 +486,24 @@ class CTRModel(nn.Module):
         return per_row, self.sample_side.per_target(side, target_idx)
 
     def _wide_logit(
-        self, side: dict[str, Tensor] | None, target_idx: Tensor, target_bucket: Tensor, group: Tensor | None, rows: int
+        self,
+        side: dict[str, Tensor] | None,
+        target_idx: Tensor,
+        target_bucket: Tensor,
+        group: Tensor | None,
+        row_side: Tensor | None,
+        target_side: Tensor | None,
     ) -> Tensor | None:
-        """(N,) the wide part's logit (model.wide with data.features), or None."""
+        """(N,) the wide part's logit (model.wide with data.features), or None. The count features are
+        read from the side vectors (`_side_vectors`), not computed again: the user's are the last three
+        columns of `row_side`, the target's are `target_side`."""
         if self.wide is None:
             return None
-        side = side or {}
         target_idx = clamp_item_index(target_idx, self.num_items)
         item_side = self.items.side
         item_cat = item_side.item_side_cat[target_idx] if item_side is not None and item_side.n_cat else None
-        row_counts = target_counts = None
-        if self.sample_side is not None:
-            row_counts = self.sample_side.user_count_features(side, rows, target_idx.device)
-            target_counts = self.sample_side.per_target(side, target_idx)
-        return self.wide(side, target_bucket, item_cat, row_counts, target_counts, group)
+        row_counts = row_side[..., -3:] if self.side_layout.counts and row_side is not None else None
+        return self.wide(side or {}, target_bucket, item_cat, row_counts, target_side, group)
 
     def _score(
         self,
@@ -555,7 +559,7 @@ class CTRModel(nn.Module):
         row_side, target_side = self._side_vectors(side, hist_len.shape[0], batch["target_idx"])
         history = self.encoder(self._with_age(hist_vec, hist_age), hist_len)
         logits, weights = self._score(history, tgt_vec, None, row_side, target_side)
-        wide = self._wide_logit(side, batch["target_idx"], batch["target_bucket"], None, hist_len.shape[0])
+        wide = self._wide_logit(side, batch["target_idx"], batch["target_bucket"], None, row_side, target_side)
         if wide is not None:
             logits = logits + wide.to(logits.dtype)
         return (logits, weights) if return_attention else logits
@@ -589,7 +593,7 @@ class CTRModel(nn.Module):
         _, tgt_vec = self._embed(None, None, target_idx, target_bucket, target_text, target_text_mask)  # (N, D)
         row_side, target_side = self._side_vectors(side, hist_idx.shape[0], target_idx)
         logits, weights = self._score(history, tgt_vec, group, row_side, target_side)  # (N,), (N, L)
-        wide = self._wide_logit(side, target_idx, target_bucket, group, hist_idx.shape[0])
+        wide = self._wide_logit(side, target_idx, target_bucket, group, row_side, target_side)
         if wide is not None:
             logits = logits + wide.to(logits.dtype)
         return (logits, weights) if return_attention else logits

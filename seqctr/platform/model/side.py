@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from seqctr.platform.config import FeaturesConfig, ModelConfig
-from seqctr.platform.model.features import hash64
+from seqctr.platform.model.features import _column, hash64
 
 # Counting columns of the samples (written by the build, platform/data/counts.py).
 USER_IMPRESSIONS = "count_user_impressions"
@@ -103,12 +103,6 @@ def user_buckets(user_ids: Any, num_buckets: int) -> np.ndarray:
 def _numeric(values: Any) -> np.ndarray:
     array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, type=pa.float64())
     return pc.fill_null(pc.cast(array, pa.float64()), float("nan")).to_numpy(zero_copy_only=False)
-
-
-def _column(batch: pa.Table | dict[str, Any], name: str) -> Any:
-    if isinstance(batch, pa.Table):
-        return batch.column(name) if name in batch.column_names else None
-    return batch.get(name)
 
 
 def encode_side(batch: pa.Table | dict[str, Any], layout: SideLayout, cfg: ModelConfig) -> dict[str, np.ndarray]:

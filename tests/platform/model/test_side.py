@@ -160,15 +160,15 @@ def test_the_wide_part_starts_neutral_and_learns_a_context_x_category_pair():
     m = model()
     b = batch()
     assert m.wide is not None
-    wide = m._wide_logit({k: b[k] for k in ("user_bucket", "ctx_cat", "ctx_num", "user_counts", "target_counts")},
-                         b["target_idx"], b["target_bucket"], None, 6)  # fmt: skip
+    side = {k: b[k] for k in ("user_bucket", "ctx_cat", "ctx_num", "user_counts", "target_counts")}
+    wide = m._wide_logit(side, b["target_idx"], b["target_bucket"], None, *m._side_vectors(side, 6, b["target_idx"]))
     assert torch.equal(wide, torch.zeros(6))  # every table starts at zero: nothing unseen adds anything
     # One pair (device bucket of row 0, brand of its target) gets a weight: only rows sharing both move.
     target_cat = m.items.side.item_side_cat[b["target_idx"]]
     pair = (target_cat.unsqueeze(-1) * 1_000_003 + b["ctx_cat"].unsqueeze(-2)) % m.wide.cross_rows
     with torch.no_grad():
         m.wide.cross.weight[int(pair[0, 0, 0])] = 1.0
-    moved = m._wide_logit({"ctx_cat": b["ctx_cat"]}, b["target_idx"], b["target_bucket"], None, 6)
+    moved = m._wide_logit({"ctx_cat": b["ctx_cat"]}, b["target_idx"], b["target_bucket"], None, None, None)
     same = (pair[:, 0, 0] == pair[0, 0, 0]).float()
     torch.testing.assert_close(moved, same)
 
