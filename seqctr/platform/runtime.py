@@ -14,6 +14,7 @@ SEQCTR_PROGRESS_BARS=1.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import re
@@ -71,6 +72,45 @@ def _is_seqctr_handler(handler: logging.Handler) -> bool:
     return getattr(handler, "name", None) == DRIVER_LOG
 
 
+class DriverLogForwarder(logging.Handler):
+    """Ray Data's handler in its logging config: forwards to the one driver-log handler of this process.
+
+    Ray Data rebuilds the "ray.data" logger's handlers from RAY_DATA_LOGGING_CONFIG whenever a new
+    dataset's context reaches the driver, so a handler named in that config is created many times; this
+    one holds no file of its own (no descriptor per dataset) and writes where quiet_ray_logs points it.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = next((h for h in logging.getLogger("ray").handlers if _is_seqctr_handler(h)), None)
+        if target is not None:
+            target.handle(record)
+
+
+def _quiet_ray_data_config(log_dir: Path) -> None:
+    """Point RAY_DATA_LOGGING_CONFIG at a config whose console shows only errors (unless the user set one).
+
+    Ray Data reapplies its logging config (console at INFO) each time a dataset with a new logger id is
+    planned in the driver, which undoes handler levels set once; its config file is what it rereads.
+    """
+    if os.environ.get("RAY_DATA_LOGGING_CONFIG"):
+        return
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"seqctr": {"format": _LOG_FORMAT}},
+        "handlers": {
+            "console": {"class": "logging.StreamHandler", "level": "ERROR", "formatter": "seqctr"},
+            "driver_log": {"class": f"{__name__}.DriverLogForwarder", "level": "INFO"},
+        },
+        "loggers": {"ray.data": {"level": "INFO", "handlers": ["console", "driver_log"], "propagate": False}},
+    }
+    path = log_dir / "seqctr-ray-data-logging.json"  # JSON is YAML, which Ray Data reads
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(config, indent=1))
+    tmp.replace(path)
+    os.environ["RAY_DATA_LOGGING_CONFIG"] = str(path)
+
+
 def quiet_ray_logs(log_dir: str | Path) -> Path:
     """Keep only errors of Ray's driver loggers on the terminal; everything else goes to log_dir/DRIVER_LOG.
 
@@ -97,6 +137,7 @@ def quiet_ray_logs(log_dir: str | Path) -> Path:
         if (name == "ray" or (not logger.propagate and not own_file)) and file_handler not in logger.handlers:
             logger.addHandler(file_handler)
     _route_warnings(logging.getLogger("seqctr.ray_warnings"), file_handler)
+    _quiet_ray_data_config(path.parent)
     return Path(getattr(file_handler, "baseFilename", path))
 
 

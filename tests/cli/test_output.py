@@ -17,8 +17,9 @@ from seqctr.platform import runtime
 
 
 @pytest.fixture
-def clean_ray_loggers():
-    """Undo quiet_ray_logs: handler levels, the driver-log handler, the warnings hook."""
+def clean_ray_loggers(monkeypatch):
+    """Undo quiet_ray_logs: handler levels, the driver-log handler, the warnings hook, Ray Data's config."""
+    monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG", raising=False)
     saved = {
         name: (list(logging.getLogger(name).handlers), [h.level for h in logging.getLogger(name).handlers])
         for name in runtime.RAY_LOGGERS
@@ -57,6 +58,33 @@ def test_ray_records_below_error_go_to_the_driver_log_not_the_terminal(tmp_path,
     assert "Requesting resources" in log and "PYTHON worker processes" in log and "a real error" in log
     assert "DeprecationWarning: `concurrency` is deprecated" in log
     assert sum(runtime._is_seqctr_handler(h) for h in logging.getLogger("ray").handlers) == 1
+
+
+def test_ray_data_reapplying_its_logging_config_stays_quiet(tmp_path, clean_ray_loggers):
+    """Ray Data rebuilds its logger from RAY_DATA_LOGGING_CONFIG per new dataset in the driver (console at INFO by
+    default: "Estimated parquet encoding ratio" lines in a user's terminal); the config seqctr points it at keeps
+    the console to errors and sends the rest to the driver log."""
+    import ray.data._internal.logging as ray_data_logging  # the function Ray Data itself calls per dataset
+
+    path = runtime.quiet_ray_logs(tmp_path)
+    try:
+        ray_data_logging.configure_logging()
+        logger = logging.getLogger("ray.data")
+        terminal = [h for h in logger.handlers if runtime._is_terminal_handler(h)]
+        assert terminal and all(h.level == logging.ERROR for h in terminal)
+        logger.info("Estimated parquet encoding ratio is 1.610.")
+        for handler in logging.getLogger("ray").handlers:
+            handler.flush()
+        assert "Estimated parquet encoding ratio" in path.read_text()
+    finally:
+        os.environ.pop("RAY_DATA_LOGGING_CONFIG", None)
+        ray_data_logging.configure_logging()  # Ray Data's default config again, for the rest of the session
+
+
+def test_a_users_own_ray_data_logging_config_wins(tmp_path, clean_ray_loggers, monkeypatch):
+    monkeypatch.setenv("RAY_DATA_LOGGING_CONFIG", str(tmp_path / "mine.yaml"))
+    runtime.quiet_ray_logs(tmp_path)
+    assert os.environ["RAY_DATA_LOGGING_CONFIG"] == str(tmp_path / "mine.yaml")
 
 
 def test_verbose_flag_sets_the_switch_init_ray_reads(monkeypatch):
