@@ -533,5 +533,6 @@ def resolve_paths(cfg: ExperimentConfig, base: str | Path | None = None) -> Expe
         "embed.out": fix(cfg.embed.out),
         "train.storage_path": fix(cfg.train.storage_path),
         "registry.root": fix(cfg.registry.root),
+        "serve.impressions": fix(cfg.serve.impressions),  # written by Serve replicas, elsewhere than the cwd
     }
     return cfg.with_overrides(overrides)

@@ -65,6 +65,9 @@ def test_resolve_paths_makes_local_paths_absolute_and_keeps_uris(tmp_path):
     resolved = resolve_paths(cfg, tmp_path)
     assert resolved.data.events == "s3://bucket/events"
     assert resolved.data.items == str(tmp_path / "rel" / "items")
+    logged = resolve_paths(cfg.with_overrides({"serve.impressions": "work/impressions"}), tmp_path)
+    assert logged.serve.impressions == str(tmp_path / "work" / "impressions")  # replicas write it, not the cwd
+    assert resolved.serve.impressions == ""  # off stays off
 
 
 def test_batch_size_is_global_and_must_divide_across_workers():
