@@ -88,12 +88,13 @@ def test_a_users_own_ray_data_logging_config_wins(tmp_path, clean_ray_loggers, m
 
 
 def test_verbose_flag_sets_the_switch_init_ray_reads(monkeypatch):
-    monkeypatch.delenv(runtime.VERBOSE_ENV, raising=False)
+    # setenv (not delenv) records the variable's state even when it is absent, so teardown removes the "1"
+    # the command sets; a leaked "1" would make every later CLI subprocess of the session verbose.
+    monkeypatch.setenv(runtime.VERBOSE_ENV, "")
     assert not runtime.verbose()
     result = CliRunner().invoke(app, ["--verbose", "config", "show"])
     assert result.exit_code == 0, result.output
     assert runtime.verbose()
-    monkeypatch.delenv(runtime.VERBOSE_ENV)
 
 
 NATIVE = "[2026-12-02 01:05:06,656 E 15284 15284] core_worker.cc:2465: Actor with class name: 'X' has ..."
