@@ -104,6 +104,37 @@ def test_range_checks_are_on_by_default_for_serving_and_evaluation():
     assert counts["tolist"] == 1  # the one sync of the range checks
 
 
+def test_replicated_ranks_slices_of_a_global_batch_give_the_one_worker_gradient():
+    """train.sharding=replicate: each rank augments the whole global batch with the generator every rank
+    seeds alike and keeps its slice; DDP's mean of the ranks' gradients is then the 1-worker gradient, up
+    to float rounding. (Val AUC after whole runs is the wrong place to check this on the tiny config:
+    its training is chaotic, rounding alone moves it by ~0.01 and the seed by ~0.04.)"""
+    cfg = ExperimentConfig().with_overrides(
+        {
+            "model.id_buckets": BUCKETS, "model.embed_dim": 8, "model.hidden_size": 16, "model.mlp_hidden": [16],
+            "model.attention": True, "model.text": False, "model.dropout": 0.0,
+            "train.drop_prob": 0.2, "train.replace_prob": 0.1, "train.truncate_prob": 0.2, "train.age_drop_prob": 0.1,
+        }
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg.model, NUM_ITEMS, None).train()
+    bucket_table = torch.arange(NUM_ITEMS) % BUCKETS
+    device = torch.device("cpu")
+
+    def gradients(part: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        micro_step(model, batch(), cfg, bucket_table, device, torch.Generator().manual_seed(7), part=part)
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    whole = gradients(None)
+    ranks = [gradients((rank, 2)) for rank in (0, 1)]
+    assert set(ranks[0]) == set(ranks[1]) == set(whole)
+    for name, grad in whole.items():
+        mean = (ranks[0][name] + ranks[1][name]) / 2  # what DDP's all-reduce gives every rank
+        assert torch.allclose(mean, grad, atol=1e-6, rtol=1e-5), name
+    assert any(not torch.allclose(ranks[0][n], ranks[1][n]) for n in whole)  # the slices differ
+
+
 # ----------------------------------------------------------------------------- fitting real data
 
 
