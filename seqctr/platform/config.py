@@ -173,6 +173,12 @@ class ModelConfig(_Section):
         description="With data.features: a wide part beside the deep head (learned biases per item, user and "
         "context value, per item-column x context pair, and a linear term of the counts); off without features.",
     )
+    history_match: bool = Field(
+        True,
+        description="With item categorical columns (data.features.item): per column, how many history items share "
+        "the target's value (log1p count and share of the history), in the head and the wide part; the dense form "
+        "of a target-category x history-category cross, computed from the history itself (leak-free, served as is).",
+    )
     item_dropout: float = Field(
         0.0,
         ge=0,

@@ -340,6 +340,12 @@ class CTRModel(nn.Module):
         self.wide: WideTerms | None = None
         if cfg.wide and (layout.per_sample or layout.item_cat):
             self.wide = WideTerms(cfg, layout)
+        # model.history_match: per item categorical column, [log1p(matches), matches / history length].
+        self.match_width = 2 * len(layout.item_cat) if cfg.history_match and item_side is not None else 0
+        self.match_wide: nn.Linear | None = None
+        if self.match_width and self.wide is not None:
+            self.match_wide = nn.Linear(self.match_width, 1, bias=False)
+            nn.init.zeros_(self.match_wide.weight)  # starts as the wide part's other terms: adding nothing
         # The age of a click tells whether it belongs to the current session, whose intent it reveals.
         self.age_embedding: nn.Embedding | None = None
         if cfg.time_features:
@@ -350,7 +356,7 @@ class CTRModel(nn.Module):
         self.encoder = SequenceEncoder(cfg)
         self.target_proj = nn.Linear(cfg.embed_dim, H)
         self.attention = TargetAttention(H) if cfg.attention else None
-        self.head = mlp(4 * H + side_width, cfg.mlp_hidden, cfg.dropout)
+        self.head = mlp(4 * H + side_width + self.match_width, cfg.mlp_hidden, cfg.dropout)
 
     # -- inputs
 
@@ -485,6 +491,24 @@ class CTRModel(nn.Module):
         per_row = self.sample_side.per_sample(side, rows, target_idx.device)
         return per_row, self.sample_side.per_target(side, target_idx)
 
+    def _history_match(self, hist_idx: Tensor, mask: Tensor, target_idx: Tensor, group: Tensor | None) -> Tensor | None:
+        """(N, 2 Fi) per item categorical column: log1p of the number of history items whose value equals
+        the target's, and that number over the history's length (model.history_match); None when off.
+        Why: a user's affinity to the target's category is what a target x history cross gives a linear
+        model, and short histories leave an RNN too few examples to learn it from vectors alone. A null
+        value (code 0) matches nothing."""
+        if not self.match_width or self.items.side is None:
+            return None
+        table = self.items.side.item_side_cat  # (items, Fi)
+        hist_cat = table[clamp_item_index(hist_idx, self.num_items)]  # (B, L, Fi)
+        target_cat = table[clamp_item_index(target_idx, self.num_items)]  # (N, Fi)
+        if group is not None:
+            hist_cat, mask = hist_cat[group], mask[group]  # (N, L, Fi), (N, L)
+        same = (hist_cat == target_cat.unsqueeze(1)) & mask.unsqueeze(-1) & (target_cat != 0).unsqueeze(1)
+        count = same.sum(1).float()  # (N, Fi)
+        length = mask.sum(1, keepdim=True).clamp(min=1).float()  # (N, 1)
+        return torch.cat([torch.log1p(count), count / length], dim=-1)  # (N, 2 Fi)
+
     def _wide_logit(
         self,
         side: dict[str, Tensor] | None,
@@ -493,6 +517,7 @@ class CTRModel(nn.Module):
         group: Tensor | None,
         row_side: Tensor | None,
         target_side: Tensor | None,
+        match: Tensor | None = None,
     ) -> Tensor | None:
         """(N,) the wide part's logit (model.wide with data.features), or None. The count features are
         read from the side vectors (`_side_vectors`), not computed again: the user's are the last three
@@ -503,7 +528,10 @@ class CTRModel(nn.Module):
         item_side = self.items.side
         item_cat = item_side.item_side_cat[target_idx] if item_side is not None and item_side.n_cat else None
         row_counts = row_side[..., -3:] if self.side_layout.counts and row_side is not None else None
-        return self.wide(side or {}, target_bucket, item_cat, row_counts, target_side, group)
+        out = self.wide(side or {}, target_bucket, item_cat, row_counts, target_side, group)
+        if self.match_wide is not None and match is not None:
+            out = out + self.match_wide(match.float()).squeeze(-1)
+        return out
 
     def _score(
         self,
@@ -512,10 +540,12 @@ class CTRModel(nn.Module):
         group: Tensor | None = None,
         row_side: Tensor | None = None,
         target_side: Tensor | None = None,
+        match: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Logits (N,) and history weights (N, L) of N targets, target n against history row group[n]
         (None: row n). Without attention the pool is computed once per history, not per target.
-        `row_side` (B, S) and `target_side` (N, St): the side vectors, joined to the head's input."""
+        `row_side` (B, S) and `target_side` (N, St): the side vectors, and `match` (N, M) the history-match
+        features (`_history_match`), joined to the head's input."""
 
         def per_target(x: Tensor) -> Tensor:
             return x if group is None else x[group]
@@ -533,6 +563,8 @@ class CTRModel(nn.Module):
             parts.append(per_target(row_side).to(t.dtype))  # (N, S)
         if target_side is not None:
             parts.append(target_side.to(t.dtype))  # (N, St)
+        if match is not None:
+            parts.append(match.to(t.dtype))  # (N, M)
         features = torch.cat(parts, dim=-1)  # (N, 4H + S + St)
         return self.head(features).squeeze(-1), weights  # (N,), (N, L)
 
@@ -558,8 +590,9 @@ class CTRModel(nn.Module):
         side = {k: batch[k] for k in SIDE_INPUTS if k in batch}
         row_side, target_side = self._side_vectors(side, hist_len.shape[0], batch["target_idx"])
         history = self.encoder(self._with_age(hist_vec, hist_age), hist_len)
-        logits, weights = self._score(history, tgt_vec, None, row_side, target_side)
-        wide = self._wide_logit(side, batch["target_idx"], batch["target_bucket"], None, row_side, target_side)
+        match = self._history_match(hist_idx, history.mask, batch["target_idx"], None)
+        logits, weights = self._score(history, tgt_vec, None, row_side, target_side, match)
+        wide = self._wide_logit(side, batch["target_idx"], batch["target_bucket"], None, row_side, target_side, match)
         if wide is not None:
             logits = logits + wide.to(logits.dtype)
         return (logits, weights) if return_attention else logits
@@ -592,8 +625,9 @@ class CTRModel(nn.Module):
         history = self._encode_history(hist_idx, hist_bucket, hist_len, hist_age)  # (B, L, H), (B, H), (B, L)
         _, tgt_vec = self._embed(None, None, target_idx, target_bucket, target_text, target_text_mask)  # (N, D)
         row_side, target_side = self._side_vectors(side, hist_idx.shape[0], target_idx)
-        logits, weights = self._score(history, tgt_vec, group, row_side, target_side)  # (N,), (N, L)
-        wide = self._wide_logit(side, target_idx, target_bucket, group, row_side, target_side)
+        match = self._history_match(hist_idx, history.mask, target_idx, group)
+        logits, weights = self._score(history, tgt_vec, group, row_side, target_side, match)  # (N,), (N, L)
+        wide = self._wide_logit(side, target_idx, target_bucket, group, row_side, target_side, match)
         if wide is not None:
             logits = logits + wide.to(logits.dtype)
         return (logits, weights) if return_attention else logits

@@ -132,6 +132,25 @@ def test_history_items_carry_item_columns():
     assert not torch.allclose(before, m(b))
 
 
+def test_history_match_counts_history_items_of_the_targets_value_and_only_real_ones():
+    m = model()
+    brand = m.items.side.item_side_cat[:, 0]  # item i's brand code (rows 0 and 1: padding, unknown)
+    target = torch.tensor([2, 2])
+    same = [i for i in range(2, NUM_ITEMS) if brand[i] == brand[2]]
+    other = next(i for i in range(2, NUM_ITEMS) if brand[i] != brand[2])
+    hist = torch.tensor([[same[0], same[1], other, same[0]], [same[0], other, 0, 0]])
+    lengths = torch.tensor([3, 2])  # row 0's fourth item is past its length: it does not count
+    mask = torch.arange(4) < lengths[:, None]
+    match = m._history_match(hist, mask, target, None)
+    assert match.shape == (2, 2)  # one item categorical column (brand): [log1p(count), count / length]
+    torch.testing.assert_close(match, torch.tensor([[np.log1p(2), 2 / 3], [np.log1p(1), 1 / 2]]).float())
+    grouped = m._history_match(hist, mask, torch.tensor([2, 2, 2]), torch.tensor([1, 0, 1]))
+    torch.testing.assert_close(grouped, match[[1, 0, 1]])
+    off = build_model(CFG.model_copy(update={"history_match": False}), NUM_ITEMS, None, side_layout=LAYOUT,
+                      side_tables=tables(), side_stats=STATS)  # fmt: skip
+    assert off.match_width == 0 and off._history_match(hist, mask, target, None) is None
+
+
 def test_checkpoint_round_trip_keeps_tables_and_statistics_and_shares_the_item_tables(tmp_path):
     m = model()
     cfg = (
