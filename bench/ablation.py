@@ -12,6 +12,8 @@ Variants (config overrides of the one experiment config):
   bert_lstm_no_time    without click-age embeddings         model.time_features=false
 Feature families (issue #15; run them on a config with data.features, e.g. configs/realistic.yaml):
   no_user_id           without the hashed user-id embedding data.features.user_id=false
+  with_user_id         with it (configs/realistic.yaml has it off) data.features.user_id=true
+  no_history_match     without the target x history matches model.history_match=false
   no_counts            without leak-free counting features  data.features.counts=false
   no_context           without the event context columns    data.features.event=[]
   no_item_columns      without the item-table columns       data.features.item=[]
@@ -45,6 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bert_lstm_augment": {"train.truncate_prob": 0.2, "train.drop_prob": 0.05, "train.replace_prob": 0.02},
     "bert_lstm_no_time": {"model.time_features": False},
     "no_user_id": {"data.features.user_id": False},
+    "with_user_id": {"data.features.user_id": True},
+    "no_history_match": {"model.history_match": False},
     "no_counts": {"data.features.counts": False},
     "no_context": {"data.features.event": []},
     "no_item_columns": {"data.features.item": []},
@@ -56,7 +60,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "id_only_features": {"model.text": False},
 }
-FAMILY_VARIANTS = ("no_user_id", "no_counts", "no_context", "no_item_columns", "no_side_features", "id_only_features")
+FAMILY_VARIANTS = (
+    "no_user_id",
+    "with_user_id",
+    "no_history_match",
+    "no_counts",
+    "no_context",
+    "no_item_columns",
+    "no_side_features",
+    "id_only_features",
+)
 
 
 def run_variant(cfg: Any, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
