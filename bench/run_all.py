@@ -12,6 +12,8 @@ BENCHES = [
     "embed_speed.py",
     "train_throughput.py",
     "serve_latency.py",
+    "variants_latency.py",  # champion/challenger routing and a shadow against serve.model alone
+    "rounding_chaos.py",  # how far float rounding alone moves the tiny config's val AUC (issue #19)
     "lookup_speed.py",
     "peers.py",  # popularity, logreg, DeepCTR-Torch WDL/DIN and seqctr on the same splits
     "scale.py",  # the longest: three sizes up to 3M events and 1M items
