@@ -53,9 +53,9 @@ def train_and_score(cfg: Any, assets: Any, data: dict[str, dict[str, torch.Tenso
                     model.zero_grad(set_to_none=True)
                     micro_step(model, batch, cfg, buckets, device, generator, part=(rank, 2))
                     grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
-                for name, p in model.named_parameters():
-                    if name in grads[0]:
-                        p.grad = (grads[0][name] + grads[1][name]) / 2
+                for name, p in model.named_parameters():  # a parameter only one half reached: the other adds 0
+                    parts = [g[name] for g in grads if name in g]
+                    p.grad = sum(parts) / 2 if parts else None
             optimizer_step(model, optimizer, cfg)
     model.eval()
     with torch.no_grad():

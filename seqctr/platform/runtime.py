@@ -86,29 +86,48 @@ class DriverLogForwarder(logging.Handler):
             target.handle(record)
 
 
+_ray_data_config_written: str | None = None  # the RAY_DATA_LOGGING_CONFIG path this process set
+
+
 def _quiet_ray_data_config(log_dir: Path) -> None:
     """Point RAY_DATA_LOGGING_CONFIG at a config whose console shows only errors (unless the user set one).
 
     Ray Data reapplies its logging config (console at INFO) each time a dataset with a new logger id is
     planned in the driver, which undoes handler levels set once; its config file is what it rereads.
+    The config is Ray Data's default otherwise: its `ray-data.log` in the session folder (DEBUG), the
+    console filter that keeps records marked hidden (full stack traces) off the terminal, and seqctr's
+    driver log for INFO and up. A later init (a new session folder) rewrites the file seqctr set.
     """
-    if os.environ.get("RAY_DATA_LOGGING_CONFIG"):
+    global _ray_data_config_written
+    current = os.environ.get("RAY_DATA_LOGGING_CONFIG")
+    if current and current != _ray_data_config_written:
         return
     config = {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"seqctr": {"format": _LOG_FORMAT}},
+        "filters": {"console_filter": {"()": "ray.data._internal.logging.HiddenRecordFilter"}},
         "handlers": {
-            "console": {"class": "logging.StreamHandler", "level": "ERROR", "formatter": "seqctr"},
+            "file": {
+                "class": "ray.data._internal.logging.SessionFileHandler",
+                "formatter": "seqctr",
+                "filename": "ray-data.log",
+            },
+            "console": {
+                "class": "logging.StreamHandler",
+                "level": "ERROR",
+                "formatter": "seqctr",
+                "filters": ["console_filter"],
+            },
             "driver_log": {"class": f"{__name__}.DriverLogForwarder", "level": "INFO"},
         },
-        "loggers": {"ray.data": {"level": "INFO", "handlers": ["console", "driver_log"], "propagate": False}},
+        "loggers": {"ray.data": {"level": "DEBUG", "handlers": ["file", "console", "driver_log"], "propagate": False}},
     }
     path = log_dir / "seqctr-ray-data-logging.json"  # JSON is YAML, which Ray Data reads
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps(config, indent=1))
     tmp.replace(path)
-    os.environ["RAY_DATA_LOGGING_CONFIG"] = str(path)
+    os.environ["RAY_DATA_LOGGING_CONFIG"] = _ray_data_config_written = str(path)
 
 
 def quiet_ray_logs(log_dir: str | Path) -> Path:

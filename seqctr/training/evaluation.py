@@ -86,6 +86,14 @@ def evaluate_log(checkpoint: str, events: str | None = None) -> dict[str, Any]:
 
     checkpoint_dir = resolve_checkpoint_uri(checkpoint, None)
     cfg = read_checkpoint(checkpoint_dir).config
+    if events and side_of(cfg) is not None:
+        from seqctr.platform.config import ConfigError
+
+        # A raw log's samples carry no side or count columns (those come from `seqctr data build`).
+        raise ConfigError(
+            f"evaluate --events: {checkpoint_dir} was trained with per-sample data.features (context, user id or "
+            "counts), which a raw log cannot give; build the log with `seqctr data build` and evaluate its test split"
+        )
     if events:  # one sample per event
         samples, total = build_samples(read_events(events), cfg.data.max_seq_len), parquet_rows(events)
     else:

@@ -29,7 +29,7 @@ from seqctr.platform.runs import new_run_id, newest_run, run_root, write_latest
 from seqctr.platform.storage import absolute, basename, exists, join
 from seqctr.training.assets import ModelAssets, prepare_assets
 from seqctr.training.ingest import encode_dataset, side_of
-from seqctr.training.loop import METRIC_ORDER, train_loop_per_worker
+from seqctr.training.loop import METRIC_ORDER, early_stop_score, train_loop_per_worker
 
 
 def ensure_samples(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -201,8 +201,9 @@ def _data_config(cfg: ExperimentConfig) -> DataConfig | None:
 def best_checkpoint_path(result: Any, run_dir: str, metric: str = "val_auc") -> str:
     """The best checkpoint by `metric` (train.early_stop_metric), as a path or URI under `run_dir` (Ray's own
     `Checkpoint.path` is a path inside its filesystem: no s3:// scheme)."""
-    sign = 1.0 if METRIC_ORDER[metric] == "max" else -1.0
-    scored = [(sign * m.get(metric, sign * float("-inf")), c.path) for c, m in (result.best_checkpoints or [])]
+    # early_stop_score: higher is better, and a NaN metric (a one-class val split) ranks last, not anywhere.
+    checkpoints = result.best_checkpoints or []
+    scored = [(early_stop_score(m, metric) if metric in m else float("-inf"), c.path) for c, m in checkpoints]
     if not scored:
         if result.checkpoint is None:
             raise RuntimeError(f"training produced no checkpoint (error: {result.error})")

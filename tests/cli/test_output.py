@@ -81,6 +81,28 @@ def test_ray_data_reapplying_its_logging_config_stays_quiet(tmp_path, clean_ray_
         ray_data_logging.configure_logging()  # Ray Data's default config again, for the rest of the session
 
 
+def test_ray_data_hidden_records_stay_off_the_terminal_and_a_new_session_gets_its_own_config(
+    tmp_path, clean_ray_loggers, capsys
+):
+    """Ray Data logs a failing UDF's full stack trace at ERROR marked hidden (for its log file only): the
+    console keeps Ray Data's filter for it. A later init in another session folder rewrites the config."""
+    import ray.data._internal.logging as ray_data_logging
+
+    runtime.quiet_ray_logs(tmp_path / "first")
+    try:
+        runtime.quiet_ray_logs(tmp_path / "second")  # seqctr's own setting is not mistaken for a user's
+        assert os.environ["RAY_DATA_LOGGING_CONFIG"] == str(tmp_path / "second" / "seqctr-ray-data-logging.json")
+        ray_data_logging.configure_logging()
+        logger = logging.getLogger("ray.data")
+        logger.error("Full stack trace: a hidden one", extra={"hide": True})
+        logger.error("a real error")
+        err = capsys.readouterr().err
+        assert "a real error" in err and "Full stack trace" not in err
+    finally:
+        os.environ.pop("RAY_DATA_LOGGING_CONFIG", None)
+        ray_data_logging.configure_logging()
+
+
 def test_a_users_own_ray_data_logging_config_wins(tmp_path, clean_ray_loggers, monkeypatch):
     monkeypatch.setenv("RAY_DATA_LOGGING_CONFIG", str(tmp_path / "mine.yaml"))
     runtime.quiet_ray_logs(tmp_path)

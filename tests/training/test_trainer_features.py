@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from seqctr.platform.config import load_config, resolve_paths
+from seqctr.platform.config import ConfigError, load_config, resolve_paths
 from seqctr.platform.data.contract import DataError
 from seqctr.platform.data.samples import build_and_write, read_samples
 from seqctr.platform.data.synthetic import generate_synthetic
@@ -18,7 +18,7 @@ from seqctr.platform.model.predictor import load_model
 from seqctr.platform.model.side import COUNT_COLUMNS
 from seqctr.serving.deployments import ModelSpec, load_serving_model, prepare_job, score_jobs
 from seqctr.serving.schemas import ScoreRequest
-from seqctr.training.evaluation import metrics_for, score_dataset
+from seqctr.training.evaluation import evaluate_log, metrics_for, score_dataset
 from seqctr.training.trainer import run_training
 
 pytestmark = pytest.mark.slow
@@ -65,6 +65,13 @@ def test_training_with_features_learns_and_its_checkpoint_reproduces_val(trained
     assert model.sample_side is not None and model.items.side is not None
     again = metrics_for(score_dataset(best, read_samples(cfg.data.samples, "val")))
     assert again["auc"] == pytest.approx(load_model(best).metrics["val_auc"], abs=1e-6)
+
+
+def test_evaluating_a_raw_log_with_a_features_model_says_to_build_it(trained):
+    """A raw log's samples have no context or count columns: a clear error, not a missing-column crash."""
+    cfg, result = trained
+    with pytest.raises(ConfigError, match="data.features.*seqctr data build"):
+        evaluate_log(result["best_checkpoint"], cfg.data.events)
 
 
 def test_a_request_with_the_trained_fields_scores_and_an_unknown_one_names_itself(trained):

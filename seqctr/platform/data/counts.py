@@ -116,7 +116,9 @@ class ItemCountTable:
 
     def item_totals(self, item_ids: pa.Array) -> pa.Table:
         """The serving feature table: item_id, impressions, clicks over the whole log (0 for an item
-        without events)."""
+        without events). Whole log, val and test periods included: what live traffic after the log may
+        know. Replaying the log's own test period through serving therefore scores with counts that
+        include those events' clicks; evaluate a split offline (`seqctr evaluate`) for leak-free figures."""
         h = hash64(item_ids)
         imp = np.zeros(h.size, np.int64)
         clk = np.zeros(h.size, np.int64)

@@ -565,7 +565,7 @@ class CTRModel(nn.Module):
             parts.append(target_side.to(t.dtype))  # (N, St)
         if match is not None:
             parts.append(match.to(t.dtype))  # (N, M)
-        features = torch.cat(parts, dim=-1)  # (N, 4H + S + St)
+        features = torch.cat(parts, dim=-1)  # (N, 4H + S + St + M)
         return self.head(features).squeeze(-1), weights  # (N,), (N, L)
 
     def forward(self, batch: dict[str, Tensor], return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:

@@ -154,7 +154,7 @@ def encode_request_side(payload: dict[str, Any], layout: SideLayout, cfg: ModelC
     row: dict[str, Any] = {}
     for name in layout.event_num:
         value = context.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if value is not None and not isinstance(value, (int, float)):  # a bool reads as 0/1, as the build reads it
             raise FeatureFieldError(("context", name), f"context.{name} is numeric; got {value!r}")
         row[name] = [float("nan") if value is None else float(value)]
     for name in layout.event_cat:
@@ -370,12 +370,14 @@ class WideTerms(nn.Module):
             return x if group is None else x[group]
 
         out = self.item(target_bucket).squeeze(-1)  # (N,)
+        # An absent input reads as its missing value (bucket 0), as SampleSide reads it in the deep part.
         bucket = side.get("user_bucket")
-        if self.user is not None and bucket is not None:
-            out = out + self.user(per_target(bucket)).squeeze(-1)
+        if self.user is not None:
+            users = per_target(bucket) if bucket is not None else torch.zeros_like(target_bucket)
+            out = out + self.user(users).squeeze(-1)
         ctx = side.get("ctx_cat")
-        if self.ctx is not None and ctx is not None:
-            ctx = per_target(ctx)  # (N, Fc)
+        if self.ctx is not None:
+            ctx = per_target(ctx) if ctx is not None else target_bucket.new_zeros(target_bucket.shape[0], self.n_ctx)
             offsets = torch.arange(self.n_ctx, device=ctx.device) * self.buckets
             out = out + self.ctx(ctx + offsets).sum((-1, -2))
             if self.cross is not None and target_item_cat is not None:

@@ -132,6 +132,26 @@ def test_history_items_carry_item_columns():
     assert not torch.allclose(before, m(b))
 
 
+def test_a_boolean_context_value_reads_as_the_build_reads_a_boolean_column():
+    from seqctr.platform.model.side import encode_request_side
+
+    def hour(value):
+        return encode_request_side({"context": {"hour": value}}, LAYOUT, CFG)["ctx_num"]
+
+    np.testing.assert_array_equal(hour(True), hour(1.0))
+    np.testing.assert_array_equal(hour(False), hour(0))
+
+
+def test_an_absent_user_or_context_reads_as_its_missing_bucket_in_the_wide_part_too():
+    m, b = model(), batch(3)
+    with torch.no_grad():
+        m.wide.user.weight.normal_()
+        m.wide.ctx.weight.normal_()
+    missing = {**b, "user_bucket": torch.zeros_like(b["user_bucket"]), "ctx_cat": torch.zeros_like(b["ctx_cat"])}
+    absent = {k: v for k, v in b.items() if k not in ("user_bucket", "ctx_cat")}
+    torch.testing.assert_close(m(absent), m(missing))
+
+
 def test_history_match_counts_history_items_of_the_targets_value_and_only_real_ones():
     m = model()
     brand = m.items.side.item_side_cat[:, 0]  # item i's brand code (rows 0 and 1: padding, unknown)
