@@ -83,10 +83,11 @@ On the realistic log every deep model (WDL, DIN, seqctr) peaked at epoch 1 on va
 crosses are exactly the log's context effects, and a linear model does not overfit ids.
 Since then (issue #15): model.history_match (per item column, how many history items share the target's
 value), and configs/realistic.yaml re-chosen by a sweep of this bench's seqctr row at 100k events
-(`--models seqctr --work-dir ... --set ...`; test AUC 0.7274 as above with the old config, 0.7430 with the
-user id off, 0.7460 smaller vectors, 0.7669 + history_match, 0.7698 + item_dropout 0.2, 0.7702 with
-item_dropout 0.4 / dropout 0.2). The peers' deep budget follows the config, so WDL and DIN got the smaller
-sizes too. At the config's own size (2026-12-02, 2-CPU box, load average ~2, 5 min of wall time):
+(`--models seqctr --work-dir ... --set ...`; test AUC 0.7274 with the old config at 56c69c0, where the
+table above had 0.7178 at 49732ec, before the wide part; 0.7430 with the user id off, 0.7460 smaller
+vectors, 0.7669 + history_match, 0.7698 + item_dropout 0.2, 0.7702 with item_dropout 0.4 / dropout 0.2).
+The peers' deep budget follows the config, so WDL and DIN got the smaller sizes too. At the config's own
+size (2026-12-02, 2-CPU box, load average ~2, 5 min of wall time):
     .venv/bin/python bench/peers.py --config configs/realistic.yaml --work-dir /tmp/peersFull
 configs/realistic.yaml: 300000 events, 20000 users, 5000 items, 20 categories (realistic profile);
     train/val/test = 240014/30029/29957

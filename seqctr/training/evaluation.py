@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from seqctr.platform.config import ConfigError
 from seqctr.platform.data.contract import list_parquet_files, open_parquet
 from seqctr.platform.model.metrics import auc, evaluate
 from seqctr.platform.model.predictor import load_model
@@ -87,8 +88,6 @@ def evaluate_log(checkpoint: str, events: str | None = None) -> dict[str, Any]:
     checkpoint_dir = resolve_checkpoint_uri(checkpoint, None)
     cfg = read_checkpoint(checkpoint_dir).config
     if events and side_of(cfg) is not None:
-        from seqctr.platform.config import ConfigError
-
         # A raw log's samples carry no side or count columns (those come from `seqctr data build`).
         raise ConfigError(
             f"evaluate --events: {checkpoint_dir} was trained with per-sample data.features (context, user id or "
