@@ -134,6 +134,14 @@ QUICK_EVENTS = 20_000
 PAD, UNKNOWN = 0, 1  # codes 0 (padding) and 1 (an id unseen in the vocabulary); real values start at 2
 # The build's leak-free counting columns (data.features.counts; seqctr/platform/data/counts.py).
 COUNT_COLUMNS = ("count_user_impressions", "count_user_clicks", "count_item_impressions", "count_item_clicks")
+
+
+def count_columns(side: SideSpec) -> tuple[str, ...]:
+    """COUNT_COLUMNS plus the user's counts by each data.features.user_item_counts column."""
+    by_value = tuple(f"count_user_{c}_{what}" for c in side.user_item for what in ("impressions", "clicks", "recent"))
+    return COUNT_COLUMNS + by_value
+
+
 NUM_BINS = 10  # logreg: quantile bins of each numeric side column (train split), plus one for missing
 
 
@@ -183,6 +191,8 @@ class Features:
     side_sizes: dict[str, int] = field(default_factory=dict)  # vocabulary size of each side categorical
     event_cats: tuple[str, ...] = ()  # the event (context) categoricals among them
     count_prior: float = 20.0
+    user_item: tuple[str, ...] = ()  # data.features.user_item_counts: the user's counts by these item columns
+    recent: int = 10
 
     def dense(self, s: Split) -> dict[str, np.ndarray]:
         """Numeric side columns and counting features, standardised with the train split's statistics
@@ -197,13 +207,16 @@ class Features:
 
         def raw(split: Split) -> dict[str, np.ndarray]:
             cols = {name: v.astype(np.float64) for name, v in split.side_num.items()}
-            for who in ("user", "item") if split.counts else ():
+            for who in ("user", "item", *(f"user_{c}" for c in self.user_item)) if split.counts else ():
                 shows = np.maximum(split.counts[f"count_{who}_impressions"].astype(np.float64), 0)
                 clicks = np.minimum(np.maximum(split.counts[f"count_{who}_clicks"], 0), shows)
                 cols[f"{who}_log_impressions"] = np.log1p(shows)
                 cols[f"{who}_log_clicks"] = np.log1p(clicks)
                 m = self.count_prior
                 cols[f"{who}_ctr_logodds"] = np.log((clicks + m * ctr) / (shows - clicks + m * (1 - ctr)))
+            for c in self.user_item if split.counts else ():  # as seqctr's model reads it (side.SampleSide)
+                recent = np.maximum(split.counts[f"count_user_{c}_recent"].astype(np.float64), 0)
+                cols[f"user_{c}_recent_log"], cols[f"user_{c}_recent_share"] = np.log1p(recent), recent / self.recent
             return cols
 
         ref = raw(train)
@@ -253,6 +266,8 @@ class SideSpec:
     item_num: tuple[str, ...] = ()
     counts: bool = False
     count_prior: float = 20.0
+    user_item: tuple[str, ...] = ()
+    recent: int = 10
 
     @classmethod
     def from_config(cls, features: Any) -> SideSpec:
@@ -269,6 +284,8 @@ class SideSpec:
             names(features.item, "numeric"),
             features.counts,
             features.count_prior,
+            tuple(features.user_item_counts),
+            features.recent_impressions,
         )
 
     @property
@@ -281,7 +298,8 @@ class SideSpec:
             for k, v in (("event", self.event_cat + self.event_num), ("item", self.item_columns))
             if v
         ]
-        return "; ".join(parts + (["counts"] if self.counts else [])) or "none"
+        counts = ["counts" + (f" (+ by user x {','.join(self.user_item)})" if self.user_item else "")]
+        return "; ".join(parts + (counts if self.counts else [])) or "none"
 
 
 def encode(tables: dict[str, pa.Table], items: pa.Table, max_len: int, side: SideSpec | None = None) -> Features:
@@ -340,7 +358,7 @@ def encode(tables: dict[str, pa.Table], items: pa.Table, max_len: int, side: Sid
             | {n: item_side_cat[n][item] for n in side.item_cat},
             side_num={n: float_column(t[n]) for n in side.event_num}
             | {n: item_side_num[n][item] for n in side.item_num},
-            counts={n: t[n].to_numpy().astype(np.int64) for n in COUNT_COLUMNS} if side.counts else {},
+            counts={n: t[n].to_numpy().astype(np.int64) for n in count_columns(side)} if side.counts else {},
         )
     return Features(
         splits,
@@ -351,6 +369,8 @@ def encode(tables: dict[str, pa.Table], items: pa.Table, max_len: int, side: Sid
         side_sizes,
         side.event_cat,
         side.count_prior,
+        side.user_item,
+        side.recent,
     )
 
 

@@ -87,6 +87,15 @@ class FeaturesConfig(_Section):
         3600, ge=1, description="Item counts are those of periods strictly before the event's period."
     )
     count_prior: float = Field(20.0, gt=0, description="Smoothing strength (pseudo-impressions) of the CTRs.")
+    user_item_counts: list[str] = Field(
+        default_factory=list,
+        description="Categorical item columns (of `item`) the user's counts are also kept by: per event, the "
+        "user's impressions and clicks of items with the target's value (e.g. its category) strictly before "
+        "the event, and how many of the user's last `recent_impressions` impressions had it (needs `counts`).",
+    )
+    recent_impressions: int = Field(
+        10, ge=1, le=1000, description="How many of the user's latest impressions `user_item_counts` looks back on."
+    )
 
     @model_validator(mode="after")
     def _names_are_usable(self) -> FeaturesConfig:
@@ -98,6 +107,16 @@ class FeaturesConfig(_Section):
             clash = sorted(set(names) & reserved)
             if clash:
                 raise ValueError(f"data.features.{where}: {clash} are contract columns, not side features")
+        item_cat = {spec.name for spec in self.item if spec.kind == "categorical"}
+        for name in self.user_item_counts:
+            if name not in item_cat:
+                raise ValueError(
+                    f"data.features.user_item_counts: {name!r} must be a categorical column of data.features.item"
+                )
+        if len(set(self.user_item_counts)) != len(self.user_item_counts):
+            raise ValueError(f"data.features.user_item_counts: a column is listed twice: {self.user_item_counts}")
+        if self.user_item_counts and not self.counts:
+            raise ValueError("data.features.user_item_counts needs data.features.counts: true")
         return self
 
     @property

@@ -55,7 +55,7 @@ from seqctr.platform.config import ExperimentConfig
 from seqctr.platform.model.ctr import CTRModel
 from seqctr.platform.model.features import UNKNOWN, ItemIndex, age_buckets, encode_ids
 from seqctr.platform.model.predictor import load_model
-from seqctr.platform.model.side import SideLayout, encode_request_side
+from seqctr.platform.model.side import SideLayout, encode_request_side, request_user_item_counts
 from seqctr.platform.registry import SCHEME as REGISTRY_SCHEME
 from seqctr.platform.runs import resolve_latest
 from seqctr.serving.impressions import ImpressionLog
@@ -111,6 +111,7 @@ class ServingModel:
     version: str
     quantized: str = "none"
     loaded_at: str = field(default_factory=_now)
+    item_values: np.ndarray | None = field(default=None, init=False, repr=False)  # item_value_table's cache
 
     @property
     def model(self) -> CTRModel:
@@ -260,6 +261,13 @@ def click_ages(payload: dict[str, Any], kept: int) -> np.ndarray:
     return ages
 
 
+def item_value_table(model: ServingModel) -> np.ndarray:
+    """The checkpoint's (items, F) value hashes as numpy, copied off the device once per model."""
+    if model.item_values is None:
+        model.item_values = model.model.sample_side.item_value_hash.cpu().numpy()
+    return model.item_values
+
+
 def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
     """Encode a request (`ScoreRequest.payload()`); histories longer than max_seq_len keep the most recent."""
     cfg = model.config
@@ -270,7 +278,13 @@ def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
     hist_age = click_ages(payload, len(history))
     cand_idx, cand_bucket = encode_items(candidates, model.index, cfg.model.id_buckets)
     # Raises FeatureFieldError (a 422) for a side field of the wrong kind (side.encode_request_side).
-    side = encode_request_side(payload, getattr(model.model, "side_layout", SideLayout()), cfg.model) or None
+    layout = getattr(model.model, "side_layout", SideLayout())
+    side = encode_request_side(payload, layout, cfg.model) or None
+    if layout.user_item:  # per candidate: the user's counts by the candidate's value (side.request_user_item_counts)
+        recent = [str(i) for i in payload.get("recent_impressions") or []][-layout.recent :]
+        recent_idx, _ = encode_items(recent, model.index, cfg.model.id_buckets)
+        by_value = request_user_item_counts(payload, layout, item_value_table(model), cand_idx, recent_idx)
+        side = (side or {}) | {"target_user_item_counts": by_value}
     use_text = model.model.text_dim > 0
     cold = [i for i, row in enumerate(cand_idx) if row == UNKNOWN and use_text and texts[i] and str(texts[i]).strip()]
     sources = ["known" if row != UNKNOWN else "hashed" for row in cand_idx]

@@ -133,6 +133,18 @@ class ScoreRequest(_Strict):
         None, description="The user's impressions so far (data.features.counts; absent = a new user)."
     )
     user_clicks: Count | None = Field(None, description="The user's clicks so far (<= user_impressions).")
+    user_item_counts: dict[Annotated[str, StringConstraints(min_length=1)], dict[str, tuple[Count, Count]]] | None = (
+        Field(
+            None,
+            description="The user's [impressions, clicks] so far per value of each item column the model counts by "
+            '(data.features.user_item_counts), e.g. {"category": {"books": [12, 3]}}; an absent value = none.',
+        )
+    )
+    recent_impressions: list[ItemId] | None = Field(
+        None,
+        description="The items the user was shown most recently, clicked or not, oldest first "
+        "(data.features.user_item_counts; cut to the model's recent_impressions; absent = none).",
+    )
     # Strict, as the schema says: `"explain": 0` or `"k": "3"` are 422s, not silently coerced.
     explain: StrictBool = Field(False, description="Return each history item's attention weight per candidate.")
 
@@ -148,7 +160,13 @@ class ScoreRequest(_Strict):
     def payload(self) -> dict[str, Any]:
         """The plain dict the scorer deployment takes (cheap to send through a deployment handle)."""
         items = self.candidate_items()
-        side = {"context": self.context, "user_impressions": self.user_impressions, "user_clicks": self.user_clicks}
+        side = {
+            "context": self.context,
+            "user_impressions": self.user_impressions,
+            "user_clicks": self.user_clicks,
+            "user_item_counts": self.user_item_counts,
+            "recent_impressions": self.recent_impressions,
+        }
         return {
             "user_id": self.user_id,
             "history": [h.item_id if isinstance(h, HistoryClick) else h for h in self.history],

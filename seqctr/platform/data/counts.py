@@ -13,6 +13,11 @@ histories follow (DESIGN.md "Contracts"): only strictly earlier events count.
   at most `count_period_s` stale. The table is keyed by hash64(item_id) (64 bits: collisions are
   negligible at 10^7 items) and its size is the number of (item, period) pairs with events, bounded
   by the log, not by items x periods.
+- A user's counts by item value (data.features.user_item_counts, e.g. per (user, category)) are exact
+  too: running sums within each (user, value) group before the event's tie group, and how many of the
+  user's last K impressions before that tie group had the target's value (`user_value_counts`). The
+  build knows each event's value from the item table (`ItemValueTable`, O(items), in the object store
+  once); a null value, or an item the table lacks, counts nothing. Serving gets both from the request.
 - Serving reads each item's counts over the whole log (`item_totals`, written by the build as
   `item_counts.parquet` and kept in the checkpoint beside the item index): the request's user counts
   come with the request (absent: a new user, zeros).
@@ -24,10 +29,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from seqctr.platform.model.features import hash64
 
 ITEM_COUNTS_FILE = "item_counts.parquet"
+VALUE_SEED = 0x7A1E  # salt of item-column value hashes (build and serving hash values alike)
+
+
+def value_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """(n,) int64 hash of each value as a string (as `pc.cast` writes it); null -> 0, which matches nothing."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    strings = pc.cast(values, pa.string()) if values.type != pa.string() else values
+    out = hash64(pc.fill_null(strings, ""), VALUE_SEED).view(np.int64).copy()
+    if strings.null_count:
+        out[pc.is_null(strings).to_numpy(zero_copy_only=False)] = 0
+    return out
 
 
 def _runs(keys: np.ndarray) -> np.ndarray:
@@ -141,3 +159,63 @@ def user_counts(new_user: np.ndarray, new_tie: np.ndarray, positive: np.ndarray)
     cpos = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(positive, out=cpos[1:])
     return (tie_start - user_start).astype(np.int64), cpos[tie_start] - cpos[user_start]
+
+
+@dataclass
+class ItemValueTable:
+    """Each item's value hash (`value_hashes`) in every user_item_counts column, keyed by hash64(item_id)."""
+
+    hashes: np.ndarray  # (M,) uint64, sorted unique item hashes
+    values: np.ndarray  # (M, F) int64, 0 = null
+    columns: tuple[str, ...]
+    recent: int  # data.features.recent_impressions
+
+    @classmethod
+    def from_columns(
+        cls, item_ids: pa.Array, columns: dict[str, pa.Array], names: tuple[str, ...], recent: int
+    ) -> ItemValueTable:
+        h = hash64(item_ids)
+        hashes, first = np.unique(h, return_index=True)  # a repeated id keeps its first row
+        values = np.stack([value_hashes(columns[n]) for n in names], axis=1) if names else np.zeros((h.size, 0))
+        return cls(hashes=hashes, values=values[first].astype(np.int64), columns=names, recent=recent)
+
+    def of(self, item_hash: np.ndarray) -> np.ndarray:
+        """(n, F) value hashes of items by hash64(item_id); 0 for an item the table lacks."""
+        out = np.zeros((item_hash.size, len(self.columns)), np.int64)
+        if self.hashes.size and item_hash.size:
+            code = np.minimum(np.searchsorted(self.hashes, item_hash), self.hashes.size - 1)
+            known = self.hashes[code] == item_hash
+            out[known] = self.values[code[known]]
+        return out
+
+
+def user_value_counts(
+    user_code: np.ndarray, ts: np.ndarray, values: np.ndarray, positive: np.ndarray, recent: int
+) -> np.ndarray:
+    """(n, 3) per row: the user's impressions and clicks of items with the row's value strictly before
+    the row's (user, second) tie group, and how many of the user's last `recent` impressions before that
+    tie group had the value; rows sorted by (user, timestamp), `values` (n,) int64 with 0 = null."""
+    n = values.size
+    out = np.zeros((n, 3), np.int64)
+    if n == 0:
+        return out
+    order = np.lexsort((np.arange(n), values, user_code))  # (user, value) groups, time order inside
+    u, v, t = user_code[order], values[order], ts[order]
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = (u[1:] != u[:-1]) | (v[1:] != v[:-1])
+    new_tie = new_group.copy()
+    new_tie[1:] |= t[1:] != t[:-1]
+    imp, clk = user_counts(new_group, new_tie, positive[order])
+    out[order, 0], out[order, 1] = imp, clk
+    idx = np.arange(n)
+    new_user = np.ones(n, dtype=bool)
+    new_user[1:] = user_code[1:] != user_code[:-1]
+    tie = new_user.copy()
+    tie[1:] |= ts[1:] != ts[:-1]
+    user_start = np.maximum.accumulate(np.where(new_user, idx, 0))
+    tie_start = np.maximum.accumulate(np.where(tie, idx, 0))
+    for lag in range(1, recent + 1):  # O(n * recent), vectorised over rows
+        j = tie_start - lag
+        out[:, 2] += (j >= user_start) & (values[np.maximum(j, 0)] == values)
+    out[values == 0] = 0  # a null value (or an item the table lacks) counts nothing
+    return out

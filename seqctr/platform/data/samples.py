@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from seqctr.platform.config import FeaturesConfig
+from seqctr.platform.config import ConfigError, FeaturesConfig
 from seqctr.platform.data.contract import (
     EVENT_COLUMNS,
     DataError,
@@ -45,9 +45,23 @@ from seqctr.platform.data.contract import (
     validate_events,
     validate_items,
 )
-from seqctr.platform.data.counts import ITEM_COUNTS_FILE, ItemCountTable, period_summary, user_counts
+from seqctr.platform.data.counts import (
+    ITEM_COUNTS_FILE,
+    ItemCountTable,
+    ItemValueTable,
+    period_summary,
+    user_counts,
+    user_value_counts,
+)
 from seqctr.platform.model.features import INDEX_FILE, ItemIndex, hash64
-from seqctr.platform.model.side import COUNT_COLUMNS, ITEM_CLICKS, ITEM_IMPRESSIONS, USER_CLICKS, USER_IMPRESSIONS
+from seqctr.platform.model.side import (
+    COUNT_COLUMNS,
+    ITEM_CLICKS,
+    ITEM_IMPRESSIONS,
+    USER_CLICKS,
+    USER_IMPRESSIONS,
+    user_item_count_columns,
+)
 from seqctr.platform.progress import Progress
 from seqctr.platform.storage import (
     atomic_write_text,
@@ -86,13 +100,15 @@ def side_kinds(features: FeaturesConfig | None) -> SideKinds:
     return {spec.name: spec.kind for spec in features.event} if features else {}
 
 
-def samples_schema(side: SideKinds | None = None, counts: bool = False) -> pa.Schema:
+def samples_schema(side: SideKinds | None = None, counts: bool = False, user_item: tuple[str, ...] = ()) -> pa.Schema:
     """The samples' columns: the contract's, then each side column, then the counting columns."""
     fields = list(SAMPLES_SCHEMA)
     for name, kind in (side or {}).items():
         fields.append(pa.field(name, pa.string() if kind == "categorical" else pa.float64()))
     if counts:
         fields += [pa.field(name, pa.int64()) for name in COUNT_COLUMNS]
+    for column in user_item:
+        fields += [pa.field(name, pa.int64()) for name in user_item_count_columns(column)]
     return pa.schema(fields)
 
 
@@ -176,7 +192,11 @@ def _sorted_codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def samples_from_events(
-    events: pa.Table, max_seq_len: int, side: SideKinds | None = None, item_counts: ItemCountTable | None = None
+    events: pa.Table,
+    max_seq_len: int,
+    side: SideKinds | None = None,
+    item_counts: ItemCountTable | None = None,
+    item_values: ItemValueTable | None = None,
 ) -> pa.Table:
     """Samples of every event in `events` (any number of complete users), sorted by user, time.
 
@@ -188,7 +208,8 @@ def samples_from_events(
     cpos[tie_start] - 1, of which the last max_seq_len are kept.
 
     `side` columns are carried as they are; with `item_counts` (the build's table of the whole log)
-    each row also gets its user's and its item's impressions and clicks before it (counts.py).
+    each row also gets its user's and its item's impressions and clicks before it (counts.py), and with
+    `item_values` its user's counts by the target's value of each user_item_counts column.
     """
     if max_seq_len < 1:
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
@@ -242,6 +263,12 @@ def samples_from_events(
             (ITEM_CLICKS, item_clk),
         ):
             columns[name] = pa.array(values, type=pa.int64())
+    if item_values is not None:
+        values = item_values.of(hash64(items))  # (n, F)
+        for f, column in enumerate(item_values.columns):
+            by_value = user_value_counts(user_code, ts, values[:, f], positive, item_values.recent)
+            for k, name in enumerate(user_item_count_columns(column)):
+                columns[name] = pa.array(by_value[:, k], type=pa.int64())
     return pa.table(columns)
 
 
@@ -424,6 +451,29 @@ def _item_ids(items_path: str | None, event_ids: set[str]) -> tuple[list[str], l
     return sorted(table_ids), sorted(event_ids - table_ids)
 
 
+def _item_values(items_path: str, names: tuple[str, ...], recent: int) -> ItemValueTable:
+    """The item table's values of the user_item_counts columns (a file lacking one: a DataError naming both)."""
+    ids: list[pa.Array] = []
+    columns: dict[str, list[pa.Array]] = {name: [] for name in names}
+    for file in list_parquet_files(items_path):
+        parquet = open_parquet(file)
+        missing = [n for n in names if n not in parquet.schema_arrow.names]
+        if missing:
+            raise DataError(f"{file}: column {missing[0]!r} (data.features.user_item_counts) is missing")
+        for batch in parquet.iter_batches(columns=["item_id", *names], batch_size=65_536):
+            ids.append(pc.cast(batch.column("item_id"), pa.string()))
+            for name in names:
+                try:  # values hash as strings (counts.value_hashes), so every file's type agrees
+                    columns[name].append(pc.cast(batch.column(name), pa.string()))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                    raise DataError(f"{file}: column {name!r} needs scalar values ({err})") from None
+
+    def joined(parts: list[pa.Array]) -> pa.Array:
+        return pa.chunked_array(parts).combine_chunks() if parts else pa.array([], pa.string())
+
+    return ItemValueTable.from_columns(joined(ids), {n: joined(columns[n]) for n in names}, names, recent)
+
+
 # ---------------------------------------------------------------------------------------------
 # The build as two rounds of Ray tasks: read + partition, then samples + write per partition
 # ---------------------------------------------------------------------------------------------
@@ -531,13 +581,14 @@ def _samples_and_write(
     t_test: int,
     side: SideKinds,
     item_counts: ItemCountTable | None,
+    item_values: ItemValueTable | None,
     *pieces: pa.Table,
 ) -> dict[str, Any]:
     """Reduce task: samples of every user of partition `k`, each split written as `folder/<split>/part-k`.
 
     Returns rows and bytes per split and the train rows' statistics (`_train_stats`). Rerunning it (a
     retried task) rewrites the same files."""
-    samples = samples_from_events(pa.concat_tables(pieces), max_seq_len, side, item_counts)
+    samples = samples_from_events(pa.concat_tables(pieces), max_seq_len, side, item_counts, item_values)
     ts = samples.column("timestamp").to_numpy()
     fs, base = filesystem_for(folder)
     masks = {"train": ts < t_val, "val": (ts >= t_val) & (ts < t_test), "test": ts >= t_test}
@@ -602,6 +653,7 @@ def _write_phase(
     say: Callable[[str], None],
     side: SideKinds,
     item_counts: ItemCountTable | None,
+    item_values: ItemValueTable | None = None,
 ) -> dict[str, Any]:
     """One samples + write task per partition (fed that partition from every read task); a split
     that got no rows gets an empty file with the schema. Returns rows and bytes per split and the
@@ -611,14 +663,17 @@ def _write_phase(
         fs.create_dir(f"{base}/{split}", recursive=True)
     write = ray.remote(_samples_and_write)
     counts_ref = ray.put(item_counts) if item_counts is not None else None  # once in the store, not per task
+    values_ref = ray.put(item_values) if item_values is not None else None
     written = [
-        write.remote(folder, k, max_seq_len, t_val, t_test, side, counts_ref, *(parts[k] for parts in partitions))
+        write.remote(
+            folder, k, max_seq_len, t_val, t_test, side, counts_ref, values_ref, *(parts[k] for parts in partitions)
+        )
         for k in range(len(partitions[0]))
     ]
     partitions.clear()  # drop the driver's refs: each partition is freed once its task has read it
     results = _wait_all(written, Progress(say, "samples", rows, "samples"), lambda r: sum(r[s] for s in SPLITS))
     totals: dict[str, Any] = {key: sum(r[key] for r in results) for key in results[0] if key != "train_stats"}
-    schema = samples_schema(side, item_counts is not None)
+    schema = samples_schema(side, item_counts is not None, item_values.columns if item_values is not None else ())
     for split in SPLITS:
         if totals[split] == 0:
             pq.write_table(schema.empty_table(), f"{base}/{split}/empty.parquet", filesystem=fs)
@@ -683,6 +738,11 @@ def build_and_write(
     count_period_s = features.count_period_s if features and features.counts else None
     if side or count_period_s:  # absent otherwise, so builds without features keep their fingerprint
         params["features"] = {"event": side, "count_period_s": count_period_s}
+    user_item = tuple(features.user_item_counts) if features and count_period_s else ()
+    if user_item:
+        if not items_path:
+            raise ConfigError("data.features.user_item_counts needs the item table (data.items)")
+        params["features"] |= {"user_item_counts": list(user_item), "recent_impressions": features.recent_impressions}
     fingerprint = build_fingerprint(events_files, items_files, params)
     meta_path = join(out_dir, SUCCESS_FILE)
     if is_file(meta_path):
@@ -705,10 +765,11 @@ def build_and_write(
     t_val, t_test = boundaries_from_sketch(sketch_ts, sketch_weight, train_fraction, val_fraction)
     table_ids, event_only = _item_ids(items_path, event_ids)
     index = ItemIndex.from_ids(table_ids).extend(event_only)
+    item_values = _item_values(items_path, user_item, features.recent_impressions) if user_item else None
     stages["read"] = time.perf_counter() - start - sum(stages.values())
     say(f"building samples (max_seq_len={max_seq_len}) and writing splits to {out_dir}")
     with output_dir(out_dir, SUCCESS_FILE) as tmp:
-        written = _write_phase(partitions, tmp, max_seq_len, t_val, t_test, rows, say, side, item_counts)
+        written = _write_phase(partitions, tmp, max_seq_len, t_val, t_test, rows, say, side, item_counts, item_values)
         split_rows = {split: written[split] for split in SPLITS}
         index.save(join(tmp, INDEX_FILE))
         if item_counts is not None:

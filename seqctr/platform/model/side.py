@@ -17,7 +17,7 @@ Nothing here grows with the catalogue per batch: item tables are indexed by row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from seqctr.platform.config import FeaturesConfig, ModelConfig
+from seqctr.platform.data.counts import value_hashes
 from seqctr.platform.model.features import _column, hash64
 
 # Counting columns of the samples (written by the build, platform/data/counts.py).
@@ -35,8 +36,16 @@ USER_CLICKS = "count_user_clicks"
 ITEM_IMPRESSIONS = "count_item_impressions"
 ITEM_CLICKS = "count_item_clicks"
 COUNT_COLUMNS = (USER_IMPRESSIONS, USER_CLICKS, ITEM_IMPRESSIONS, ITEM_CLICKS)
-SIDE_INPUTS = ("user_bucket", "ctx_cat", "ctx_num", "user_counts", "target_counts")
-ITEM_TABLE_KEYS = ("item_side_cat", "item_side_num", "item_counts")  # buffers stored like the text table
+SIDE_INPUTS = ("user_bucket", "ctx_cat", "ctx_num", "user_counts", "target_counts", "target_user_item_counts")
+# buffers stored like the text table
+ITEM_TABLE_KEYS = ("item_side_cat", "item_side_num", "item_counts", "item_value_hash")
+
+
+def user_item_count_columns(column: str) -> tuple[str, str, str]:
+    """The samples' columns of the user's counts by item `column` (data.features.user_item_counts)."""
+    return tuple(f"count_user_{column}_{what}" for what in ("impressions", "clicks", "recent"))  # type: ignore[return-value]
+
+
 USER_SEED = 0x05E2  # salts: a user's bucket does not follow its id's item bucket, features differ
 FEATURE_SEED = 0x0FEA
 
@@ -52,6 +61,8 @@ class SideLayout:
     user_id: bool = False
     counts: bool = False
     count_prior: float = 20.0
+    user_item: tuple[str, ...] = ()  # item columns the user's counts are also kept by
+    recent: int = 10
 
     @classmethod
     def from_config(cls, features: FeaturesConfig) -> SideLayout:
@@ -66,11 +77,21 @@ class SideLayout:
             user_id=features.user_id,
             counts=features.counts,
             count_prior=features.count_prior,
+            user_item=tuple(features.user_item_counts),
+            recent=features.recent_impressions,
         )
 
     @property
     def per_sample(self) -> bool:
         return bool(self.user_id or self.event_cat or self.event_num or self.counts)
+
+    @property
+    def target_count_width(self) -> int:
+        """Width of the per-target count features: the item's (3) and 5 per user_item_counts column."""
+        return (3 + 5 * len(self.user_item)) if self.counts else 0
+
+    def without_user_item(self) -> SideLayout:
+        return replace(self, user_item=())
 
 
 def _arrow_string(value: Any) -> str | None:
@@ -131,6 +152,9 @@ def encode_side(batch: pa.Table | dict[str, Any], layout: SideLayout, cfg: Model
 
         out["user_counts"] = pair(USER_IMPRESSIONS, USER_CLICKS)
         out["target_counts"] = pair(ITEM_IMPRESSIONS, ITEM_CLICKS)
+    if layout.user_item:
+        per_column = [np.stack([_numeric(need(c)) for c in user_item_count_columns(n)], 1) for n in layout.user_item]
+        out["target_user_item_counts"] = np.stack(per_column, axis=1).astype(np.float32)  # (B, F, 3)
     return out
 
 
@@ -167,8 +191,37 @@ def encode_request_side(payload: dict[str, Any], layout: SideLayout, cfg: ModelC
             raise FeatureFieldError(("user_clicks",), "user_clicks needs user_impressions >= user_clicks")
         row[USER_IMPRESSIONS], row[USER_CLICKS] = [impressions or 0], [clicks or 0]
         row[ITEM_IMPRESSIONS] = row[ITEM_CLICKS] = [0]  # placeholders: serving takes the item table's counts
-    out = encode_side(row, layout, cfg)  # a null user id takes bucket 0, the padding row
+    out = encode_side(row, layout.without_user_item(), cfg)  # a null user id takes bucket 0, the padding row
     out.pop("target_counts", None)
+    return out
+
+
+def request_user_item_counts(
+    payload: dict[str, Any], layout: SideLayout, value_table: np.ndarray, cand_rows: np.ndarray, recent_rows: np.ndarray
+) -> np.ndarray:
+    """(C, F, 3) per candidate and user_item_counts column: the user's impressions and clicks of the
+    candidate's value, from the request's `user_item_counts` ({column: {value: [impressions, clicks]}};
+    an absent value = none), and how many of the request's `recent_impressions` (the last
+    `layout.recent` kept) share it, as the build counts them (counts.user_value_counts).
+    `value_table` (items, F) is the checkpoint's `item_value_hash`; `*_rows` are item-index rows. A
+    column the model does not count by is ignored; more clicks than impressions is an error naming it."""
+    given = payload.get("user_item_counts") or {}
+    cand = value_table[cand_rows]  # (C, F) int64, 0 = null or unknown item
+    recent = value_table[recent_rows[len(recent_rows) - layout.recent :]] if len(recent_rows) else cand[:0]
+    out = np.zeros((len(cand_rows), len(layout.user_item), 3), np.float32)
+    for f, name in enumerate(layout.user_item):
+        by_value = given.get(name) or {}
+        for value, pair in by_value.items():
+            if pair[1] > pair[0]:
+                raise FeatureFieldError(
+                    ("user_item_counts", name, value), f"user_item_counts.{name}.{value}: clicks > impressions"
+                )
+        if by_value:
+            keys = value_hashes(pa.array(list(by_value), pa.string()))
+            counts = np.array(list(by_value.values()), dtype=np.float32).reshape(-1, 2)
+            hit = (cand[:, f, None] == keys[None, :]) & (cand[:, f, None] != 0)  # (C, V)
+            out[:, f, :2] = hit.astype(np.float32) @ counts
+        out[:, f, 2] = ((recent[None, :, f] == cand[:, f, None]) & (cand[:, f, None] != 0)).sum(1)
     return out
 
 
@@ -206,6 +259,17 @@ def item_side_tables(
             ok = count_rows >= 2
             table[count_rows[ok], 0], table[count_rows[ok], 1] = impressions[ok], clicks[ok]
         out["item_counts"] = table
+    if layout.user_item:
+        table = np.zeros((num_items, len(layout.user_item)), dtype=np.int64)
+        for f, name in enumerate(layout.user_item):
+            values = columns[name]
+            array = (
+                values
+                if isinstance(values, (pa.Array, pa.ChunkedArray))
+                else pa.array([_arrow_string(v) for v in values], type=pa.string())
+            )
+            table[rows[known], f] = value_hashes(array)[known]
+        out["item_value_hash"] = table
     return out
 
 
@@ -276,6 +340,9 @@ class SampleSide(nn.Module):
         if layout.counts:
             table = tables.get("item_counts", np.zeros((num_items, 2), np.float32))
             self.register_buffer("item_counts", torch.as_tensor(table, dtype=torch.float32))
+        if layout.user_item:  # serving finds each candidate's (and recent impression's) value here
+            table = tables.get("item_value_hash", np.zeros((num_items, len(layout.user_item)), np.int64))
+            self.register_buffer("item_value_hash", torch.as_tensor(table, dtype=torch.int64))
         if self.user is not None:
             # Zeros: a user the training never saw (most test users of a real log) hashes to a row no
             # gradient reached, which then reads as "no user" instead of as random noise.
@@ -285,7 +352,7 @@ class SampleSide(nn.Module):
         self.sample_width = (
             (cfg.user_dim if self.user is not None else 0) + self.n_cat * cfg.feature_dim + self.n_num
         ) + (3 if layout.counts else 0)
-        self.target_width = 3 if layout.counts else 0
+        self.target_width = layout.target_count_width
 
     def per_sample(self, side: dict[str, Tensor], batch: int, device: torch.device) -> Tensor | None:
         """(B, sample_width): absent inputs (a request without context) read as missing, not as errors."""
@@ -327,7 +394,17 @@ class SampleSide(nn.Module):
         counts = side.get("target_counts")
         if counts is None:
             counts = self.item_counts[target_idx]
-        return count_features(counts.float(), self.prior_ctr, self.prior)
+        out = count_features(counts.float(), self.prior_ctr, self.prior)  # (N, 3)
+        if not self.layout.user_item:
+            return out
+        by_value = side.get("target_user_item_counts")  # (N, F, 3): impressions, clicks, recent
+        if by_value is None:  # a request without them: a new user
+            by_value = out.new_zeros(out.shape[0], len(self.layout.user_item), 3)
+        by_value = by_value.float()
+        recent = by_value[..., 2:].clamp(min=0)
+        parts = [count_features(by_value[..., :2], self.prior_ctr, self.prior), torch.log1p(recent) / 2]
+        parts.append(recent / self.layout.recent)
+        return torch.cat([out, torch.cat(parts, dim=-1).flatten(1)], dim=-1)  # (N, 3 + 5F)
 
 
 class WideTerms(nn.Module):
@@ -350,7 +427,7 @@ class WideTerms(nn.Module):
         self.ctx = nn.Embedding(n_ctx * cfg.feature_buckets, 1) if n_ctx else None
         self.cross_rows = cfg.feature_buckets * self.CROSS_FACTOR
         self.cross = nn.Embedding(n_ctx * n_item * self.cross_rows, 1) if n_ctx and n_item else None
-        self.counts = nn.Linear(6 if layout.counts else 1, 1, bias=False)
+        self.counts = nn.Linear(3 + layout.target_count_width if layout.counts else 1, 1, bias=False)
         for table in (self.item, self.user, self.ctx, self.cross, self.counts):
             if table is not None:
                 nn.init.zeros_(table.weight)
@@ -401,6 +478,8 @@ __all__ = [
     "category_buckets",
     "count_features",
     "encode_request_side",
+    "request_user_item_counts",
+    "user_item_count_columns",
     "encode_side",
     "item_side_tables",
     "user_buckets",

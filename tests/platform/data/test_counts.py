@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from seqctr.platform.data.counts import ItemCountTable, period_summary
+from seqctr.platform.data.counts import ItemCountTable, ItemValueTable, period_summary, value_hashes
 from seqctr.platform.data.samples import samples_from_events
 from seqctr.platform.model.features import hash64
-from seqctr.platform.model.side import COUNT_COLUMNS
+from seqctr.platform.model.side import COUNT_COLUMNS, user_item_count_columns
 
 PERIOD_S = 100
 
@@ -87,3 +87,44 @@ def test_an_event_missing_from_the_table_is_an_error_not_a_silent_zero():
 def test_samples_without_counts_have_no_count_columns():
     out = samples_from_events(_log(100), 3)
     assert not set(COUNT_COLUMNS) & set(out.column_names)
+
+
+def _values(recent: int = 4) -> ItemValueTable:
+    """Items 0..29 in categories by id % 4; item 7 has a null category (counts nothing)."""
+    ids = pa.array([str(i) for i in range(30)])
+    category = pa.array([None if i == 7 else f"c{i % 4}" for i in range(30)])
+    return ItemValueTable.from_columns(ids, {"category": category}, ("category",), recent)
+
+
+def test_user_counts_by_item_value_equal_a_brute_force_count_of_strictly_earlier_events():
+    log = _log(2500, seed=3)
+    samples = samples_from_events(log, 5, item_counts=_table(log), item_values=_values(4)).to_pydict()
+    imp_col, clk_col, recent_col = user_item_count_columns("category")
+    events = log.to_pydict()
+    users, items = np.array(events["user_id"]), np.array(events["item_id"]).astype(int)
+    ts, labels = np.array(events["timestamp"]), np.array(events["label"])
+    cat = np.where(items == 7, -1, items % 4)
+    checked_recent = 0
+    for row in range(0, len(samples["target"]), 5):
+        u, i, t = samples["user_id"][row], int(samples["target"][row]), samples["timestamp"][row]
+        if i == 7:  # null value: nothing counts
+            assert (samples[imp_col][row], samples[clk_col][row], samples[recent_col][row]) == (0, 0, 0)
+            continue
+        before = (users == u) & (ts < t)  # strictly earlier seconds: a tie never counts
+        same = before & (cat == i % 4)
+        assert samples[imp_col][row] == same.sum()
+        assert samples[clk_col][row] == labels[same].sum()
+        # the last 4 impressions before the tie group, in the build's order (time, then item id)
+        earlier = np.flatnonzero(before)
+        last = earlier[np.lexsort((items[earlier].astype(str), ts[earlier]))][-4:]
+        assert samples[recent_col][row] == (cat[last] == i % 4).sum()
+        checked_recent += samples[recent_col][row] > 0
+    assert checked_recent > 20  # the recent count was non-zero often enough to mean something
+
+
+def test_value_hashes_read_a_value_as_a_string_and_null_as_nothing():
+    hashes = value_hashes(pa.array([1, None, 1]))
+    assert hashes[0] == hashes[2] == value_hashes(pa.array(["1"]))[0] and hashes[1] == 0
+    table = _values()
+    found = table.of(hash64(pa.array(["5", "7", "not-an-item"])))[:, 0]
+    assert found[0] == value_hashes(pa.array(["c1"]))[0] and found[1] == 0 and found[2] == 0
