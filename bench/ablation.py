@@ -10,6 +10,7 @@ Variants (config overrides of the one experiment config):
   bert_lstm_finetune   + top BERT layer trained in the step model.bert_trainable_layers=1
   bert_lstm_augment    + history truncation/drop/replace    train.*_prob
   bert_lstm_no_time    without click-age embeddings         model.time_features=false
+  bert_lstm_id_dropout + ids zeroed on 20% of item vectors  model.id_dropout=0.2 (the cold-start case)
 Feature families (issue #15; run them on a config with data.features, e.g. configs/realistic.yaml):
   no_user_id           without the hashed user-id embedding data.features.user_id=false
   with_user_id         with it (configs/realistic.yaml has it off) data.features.user_id=true
@@ -34,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -46,6 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bert_lstm_finetune": {"model.bert_trainable_layers": 1},
     "bert_lstm_augment": {"train.truncate_prob": 0.2, "train.drop_prob": 0.05, "train.replace_prob": 0.02},
     "bert_lstm_no_time": {"model.time_features": False},
+    "bert_lstm_id_dropout": {"model.id_dropout": 0.2},
     "no_user_id": {"data.features.user_id": False},
     "with_user_id": {"data.features.user_id": True},
     "no_history_match": {"model.history_match": False},
@@ -72,12 +76,48 @@ FAMILY_VARIANTS = (
 )
 
 
+def cold_test_auc(checkpoint: str, samples_dir: str) -> tuple[float, int]:
+    """(test AUC, rows) on the test rows whose target item never was a train row's target: the cold-start
+    case, where an item's id embedding and biases learned nothing and only its text and columns speak."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from seqctr.platform.data.contract import list_parquet_files, open_parquet
+    from seqctr.platform.model.metrics import auc
+    from seqctr.platform.model.predictor import load_model
+    from seqctr.platform.storage import join
+    from seqctr.training.ingest import encode_table, side_of
+
+    def split(name: str, columns: list[str] | None = None) -> pa.Table:
+        return pa.concat_tables(
+            open_parquet(f).read(columns=columns) for f in list_parquet_files(join(samples_dir, name))
+        )
+
+    seen = pc.unique(split("train", ["target"])["target"])
+    test = split("test")
+    cold = test.filter(pc.invert(pc.is_in(test["target"], value_set=seen)))
+    if cold.num_rows == 0:
+        return float("nan"), 0
+    loaded = load_model(checkpoint)
+    cfg = loaded.config
+    probs, labels = [], []
+    for batch in cold.to_batches(8192):
+        arrays = encode_table(
+            pa.Table.from_batches([batch]), loaded.index, cfg.model.id_buckets, cfg.data.max_seq_len, side_of(cfg)
+        )
+        probs.append(loaded.predict(arrays))
+        labels.append(arrays["label"])
+    return float(auc(np.concatenate(labels), np.concatenate(probs))), cold.num_rows
+
+
 def run_variant(cfg: Any, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     from seqctr.training.trainer import run_training
 
     started = time.perf_counter()
-    result = run_training(cfg.with_overrides({**overrides, "train.run_name": f"ablation-{name}"}))
+    run_cfg = cfg.with_overrides({**overrides, "train.run_name": f"ablation-{name}"})
+    result = run_training(run_cfg)
     test = result["test"]
+    cold_auc, cold_rows = cold_test_auc(result["best_checkpoint"], run_cfg.data.samples)
     return {
         "variant": name,
         "overrides": overrides,
@@ -86,6 +126,8 @@ def run_variant(cfg: Any, name: str, overrides: dict[str, Any]) -> dict[str, Any
         "test_logloss": round(test["logloss"], 4),
         "lift_ratio": round(test.get("lift_ratio", float("nan")), 3),
         "best_val_auc": round(max(h["val_auc"] for h in result["history"]), 4),
+        "cold_test_auc": round(cold_auc, 4),
+        "cold_test_rows": cold_rows,
         "epochs": result["epochs_run"],
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -124,14 +166,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for other in ("id_only_lstm", "bert_mean", "bert_lstm_no_time", *FAMILY_VARIANTS)
         if full and other in by_name
     }
-    header = f"{'variant':<22}{'test AUC':>9}{'GAUC':>8}{'logloss':>9}{'lift':>7}{'val AUC':>9}{'sec':>8}"
+    header = (
+        f"{'variant':<22}{'test AUC':>9}{'GAUC':>8}{'logloss':>9}{'lift':>7}{'val AUC':>9}{'cold AUC':>9}{'sec':>8}"
+    )
     print(f"oracle AUC {oracle:.4f}, {args.epochs} epochs each, {cfg.data.synthetic.events} events")
     print(header)
     for r in rows:
         print(
             f"{r['variant']:<22}{r['test_auc']:>9.4f}{r['test_gauc']:>8.4f}{r['test_logloss']:>9.4f}"
-            f"{r['lift_ratio']:>7.3f}{r['best_val_auc']:>9.4f}{r['seconds']:>8.0f}"
+            f"{r['lift_ratio']:>7.3f}{r['best_val_auc']:>9.4f}{r['cold_test_auc']:>9.4f}{r['seconds']:>8.0f}"
         )
+    cold = {r["cold_test_rows"] for r in rows}
+    print(f"cold AUC: test rows whose target never was a train target ({', '.join(map(str, sorted(cold)))} rows)")
     print(json.dumps(margins))
     out = {"oracle_auc": oracle, "epochs": args.epochs, "rows": rows, "margins": margins}
     (work / "ablation.json").write_text(json.dumps(out, indent=2))

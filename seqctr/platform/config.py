@@ -45,6 +45,13 @@ class SyntheticConfig(_Section):
         "affinity, hour of day, device), short histories, many test users unseen in training, noisy texts "
         "and side columns in the log (events: device, hour; items: brand, price).",
     )
+    title_noise: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Realistic profile: the share of a title's words drawn from other categories' lists "
+        "(1 = titles carry no signal; default: the profile's 0.5).",
+    )
     chunk_events: int = Field(
         500_000, ge=1000, description="Events generated and written per Parquet file, bounding memory."
     )
@@ -187,6 +194,11 @@ class ModelConfig(_Section):
     )
     user_buckets: int = Field(100_000, ge=2, description="Hash buckets of the user-id embedding.")
     user_dim: int = Field(16, ge=1, description="User-id embedding size (data.features.user_id).")
+    user_embedding: bool = Field(
+        True,
+        description="With data.features.user_id: the deep head's user-id embedding. false keeps only the wide "
+        "part's per-user bias, which learns a returning user's click propensity without the overfitting of a vector.",
+    )
     wide: bool = Field(
         True,
         description="With data.features: a wide part beside the deep head (learned biases per item, user and "
@@ -203,6 +215,13 @@ class ModelConfig(_Section):
         ge=0,
         lt=1,
         description="Dropout on every item vector (history and target) while training; padding stays zero.",
+    )
+    id_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of item vectors (history and target) whose id embedding is zeroed while training, so "
+        "the model learns to score an item from its text and columns alone: the cold-start case.",
     )
 
 

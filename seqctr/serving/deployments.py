@@ -111,7 +111,7 @@ class ServingModel:
     version: str
     quantized: str = "none"
     loaded_at: str = field(default_factory=_now)
-    item_values: np.ndarray | None = field(default=None, init=False, repr=False)  # item_value_table's cache
+    item_values: np.ndarray | None = field(default=None, repr=False)  # (items, F) of data.features.user_item_counts
 
     @property
     def model(self) -> CTRModel:
@@ -207,7 +207,10 @@ def load_serving_model(
         loaded.model = quantize_int8(loaded.model)
         quantized = "int8"
     name, version = model_identity(source, checkpoint, loaded.config)
-    return ServingModel(loaded, spec.model, source, checkpoint, name, version, quantized)
+    sample_side = getattr(loaded.model, "sample_side", None)
+    values = getattr(sample_side, "item_value_hash", None)  # off the device once, not per request
+    item_values = values.cpu().numpy() if values is not None else None
+    return ServingModel(loaded, spec.model, source, checkpoint, name, version, quantized, item_values=item_values)
 
 
 # ----------------------------------------------------------------------------- request encoding
@@ -261,13 +264,6 @@ def click_ages(payload: dict[str, Any], kept: int) -> np.ndarray:
     return ages
 
 
-def item_value_table(model: ServingModel) -> np.ndarray:
-    """The checkpoint's (items, F) value hashes as numpy, copied off the device once per model."""
-    if model.item_values is None:
-        model.item_values = model.model.sample_side.item_value_hash.cpu().numpy()
-    return model.item_values
-
-
 def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
     """Encode a request (`ScoreRequest.payload()`); histories longer than max_seq_len keep the most recent."""
     cfg = model.config
@@ -283,7 +279,7 @@ def prepare_job(model: ServingModel, payload: dict[str, Any]) -> Job:
     if layout.user_item:  # per candidate: the user's counts by the candidate's value (side.request_user_item_counts)
         recent = [str(i) for i in payload.get("recent_impressions") or []][-layout.recent :]
         recent_idx, _ = encode_items(recent, model.index, cfg.model.id_buckets)
-        by_value = request_user_item_counts(payload, layout, item_value_table(model), cand_idx, recent_idx)
+        by_value = request_user_item_counts(payload, layout, model.item_values, cand_idx, recent_idx)
         side = (side or {}) | {"target_user_item_counts": by_value}
     use_text = model.model.text_dim > 0
     cold = [i for i, row in enumerate(cand_idx) if row == UNKNOWN and use_text and texts[i] and str(texts[i]).strip()]

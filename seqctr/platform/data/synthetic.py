@@ -42,7 +42,7 @@ import filecmp
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -457,6 +457,12 @@ class RealisticProcess(ClickProcess):
     title_noise: float = 0.5  # share of a title's words drawn from other categories' lists
 
 
+def realistic_process(cfg: SyntheticConfig) -> RealisticProcess:
+    """The realistic profile's process with the config's overrides (synthetic.title_noise)."""
+    proc = RealisticProcess()
+    return proc if cfg.title_noise is None else replace(proc, title_noise=cfg.title_noise)
+
+
 START_TS = 1_704_067_200  # 2024-01-01 00:00:00 UTC
 DEVICES: tuple[str, ...] = ("mobile", "desktop", "tablet")
 LOGIT_FAMILIES: tuple[str, ...] = ("user", "item", "brand", "price", "affinity", "hour", "device")
@@ -549,13 +555,15 @@ def _titles(rng: np.random.Generator, item_cat: np.ndarray, vocab: list) -> list
 
 
 def _noisy_titles(rng: np.random.Generator, item_cat: np.ndarray, vocab: list, noise: float) -> list[str]:
-    """3-6 words; each word, but one kept from the item's own list, is a random other category's w.p. `noise`."""
+    """3-6 words; each word, but one kept from the item's own list (below noise 1), is a random other
+    category's w.p. `noise`."""
     n_items, n_cats = len(item_cat), len(vocab)
     all_words = np.array([w for _, words in vocab for w in words])  # (C * 12,)
     n_words = rng.integers(3, 7, n_items)
     own = np.argsort(rng.random((n_items, 12)), axis=1)[:, :6]  # distinct own-category words
     noisy = rng.random((n_items, 6)) < noise
-    noisy[np.arange(n_items), rng.integers(0, n_words)] = False
+    if noise < 1:  # noise 1: no word from the item's own list, so the title carries no signal of its category
+        noisy[np.arange(n_items), rng.integers(0, n_words)] = False
     other_cat = (item_cat[:, None] + rng.integers(1, n_cats, (n_items, 6))) % n_cats
     word_cat = np.where(noisy, other_cat, item_cat[:, None])
     pick = all_words[word_cat * 12 + np.where(noisy, rng.integers(0, 12, (n_items, 6)), own)]
@@ -867,7 +875,7 @@ def generate_synthetic(cfg: SyntheticConfig, out: str | Path, process: ClickProc
     if "://" in str(out):
         raise ValueError(f"generate_synthetic writes a local folder; got the URI {out}")
     realistic = cfg.profile == "realistic"
-    proc = process or (RealisticProcess() if realistic else ClickProcess())
+    proc = process or (realistic_process(cfg) if realistic else ClickProcess())
     if realistic != isinstance(proc, RealisticProcess):
         raise ValueError(f"synthetic.profile '{cfg.profile}' needs a {'Realistic' if realistic else 'Click'}Process")
     out = Path(out)
@@ -1005,7 +1013,7 @@ def family_logits(
     """
     if cfg.profile != "realistic":
         raise ValueError(f"family_logits needs synthetic.profile 'realistic' (got '{cfg.profile}')")
-    proc = process or RealisticProcess()
+    proc = process or realistic_process(cfg)
     vocab = category_vocabulary(cfg.categories, cfg.seed)
     world = _build_realistic_world(cfg, proc, vocab)
 

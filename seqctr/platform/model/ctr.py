@@ -77,6 +77,7 @@ class ItemEmbedding(nn.Module):
         self.side = side  # item-table columns (data.features.item), added to every item vector
         self.text_dim = text_dim if cfg.text else 0
         self.item_dropout = cfg.item_dropout
+        self.id_dropout = cfg.id_dropout
         self.id_embedding = nn.Embedding(cfg.id_buckets, cfg.embed_dim, padding_idx=PAD)
         nn.init.normal_(self.id_embedding.weight, std=0.1)
         with torch.no_grad():
@@ -210,6 +211,9 @@ class ItemEmbedding(nn.Module):
 
     def forward(self, idx: Tensor, bucket: Tensor, text: Tensor | None) -> Tensor:
         vec = self.id_embedding(bucket)  # (..., D)
+        if self.id_dropout > 0 and self.training:  # model.id_dropout: this item as if its id were new
+            keep = torch.rand(bucket.shape, device=vec.device) >= self.id_dropout
+            vec = vec * keep.unsqueeze(-1).to(vec.dtype)
         if self.text_proj is not None and text is not None:
             vec = vec + self.text_proj(text)
         if self.side is not None:

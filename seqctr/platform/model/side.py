@@ -328,7 +328,8 @@ class SampleSide(nn.Module):
         self.layout, self.prior = layout, layout.count_prior
         stats = stats or {}
         numeric = stats.get("numeric", {})
-        self.user = nn.Embedding(cfg.user_buckets, cfg.user_dim, padding_idx=0) if layout.user_id else None
+        deep_user = layout.user_id and cfg.user_embedding
+        self.user = nn.Embedding(cfg.user_buckets, cfg.user_dim, padding_idx=0) if deep_user else None
         self.n_cat, self.n_num, self.buckets = len(layout.event_cat), len(layout.event_num), cfg.feature_buckets
         self.ctx = nn.Embedding(self.n_cat * self.buckets, cfg.feature_dim) if self.n_cat else None
         self.register_buffer("ctx_offsets", torch.arange(self.n_cat) * self.buckets, persistent=False)
