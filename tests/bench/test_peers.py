@@ -75,6 +75,7 @@ def test_side_features_reach_every_design(tmp_path):
                 "device": [["mobile", "desktop", None][i % 3] for i in range(n)],
                 "hour": rng.random(n) * 24,
                 **{c: rng.integers(0, 5, n) for c in peers.COUNT_COLUMNS},
+                **{f"count_user_category_{w}": rng.integers(0, 3, n) for w in ("impressions", "clicks", "recent")},
             }
         )
 
@@ -99,3 +100,11 @@ def test_side_features_reach_every_design(tmp_path):
         assert wide.shape[1] > narrow.shape[1] and wide.shape[0] == narrow.shape[0] == 20
     wide, narrow = peers.sparse_design(f, test, False), peers.sparse_design(plain, plain.splits["test"], False)
     assert (wide[:, : narrow.shape[1]] != narrow).nnz == 0  # the side blocks come after today's columns
+
+    by_category = peers.SideSpec(("device",), ("hour",), ("brand",), ("price",), counts=True, user_item=("category",))
+    g = peers.encode(tables, items, 5, by_category)
+    extra = set(g.dense(g.splits["test"])) - set(f.dense(test))
+    assert extra == {f"user_category_{k}" for k in ("log_impressions", "log_clicks", "ctr_logodds")} | {
+        "user_category_recent_log",
+        "user_category_recent_share",
+    }

@@ -84,3 +84,26 @@ def test_lr_scaling_only_when_asked():
     assert base.train.effective_lr == 0.002
     assert base.with_overrides({"train.lr_scaling": "linear"}).train.effective_lr == pytest.approx(0.008)
     assert base.with_overrides({"train.lr_scaling": "sqrt"}).train.effective_lr == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.features.counts=true", "data.features.user_item_counts=[category]"], "must be a categorical column"),
+        (
+            [
+                "data.features.counts=true",
+                "data.features.item=[{name: price, kind: numeric}]",
+                "data.features.user_item_counts=[price]",
+            ],
+            "must be a categorical column",
+        ),
+        (
+            ["data.features.item=[{name: category, kind: categorical}]", "data.features.user_item_counts=[category]"],
+            "needs data.features.counts: true",
+        ),
+    ],
+)
+def test_user_item_counts_need_counts_and_a_declared_categorical_item_column(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

@@ -15,7 +15,7 @@ from seqctr.platform.data.contract import DataError
 from seqctr.platform.data.samples import build_and_write, read_samples
 from seqctr.platform.data.synthetic import generate_synthetic
 from seqctr.platform.model.predictor import load_model
-from seqctr.platform.model.side import COUNT_COLUMNS
+from seqctr.platform.model.side import COUNT_COLUMNS, user_item_count_columns
 from seqctr.serving.deployments import ModelSpec, load_serving_model, prepare_job, score_jobs
 from seqctr.serving.schemas import ScoreRequest
 from seqctr.training.evaluation import evaluate_log, metrics_for, score_dataset
@@ -34,6 +34,7 @@ FEATURES = {
     ],
     "data.features.user_id": True,
     "data.features.counts": True,
+    "data.features.user_item_counts": ["category"],
     "train.epochs": 1,
     "train.run_name": "features",
 }
@@ -50,7 +51,7 @@ def trained(ray_session, tmp_path_factory):
 def test_samples_carry_the_side_and_count_columns_and_the_feature_table(trained):
     cfg, _ = trained
     train = read_samples(cfg.data.samples, "train").take(5)
-    assert {"device", "hour", *COUNT_COLUMNS} <= set(train[0])
+    assert {"device", "hour", *COUNT_COLUMNS, *user_item_count_columns("category")} <= set(train[0])
     counts = pq.read_table(Path(cfg.data.samples) / "item_counts.parquet")
     assert counts.column_names == ["item_id", "impressions", "clicks"] and counts.num_rows > 0
     events = pq.read_table(cfg.data.events, columns=["label"])
@@ -85,6 +86,8 @@ def test_a_request_with_the_trained_fields_scores_and_an_unknown_one_names_itsel
         "context": {"device": "mobile", "hour": 20},
         "user_impressions": 10,
         "user_clicks": 2,
+        "user_item_counts": {"category": {"books": [4, 1]}},
+        "recent_impressions": ids[8:12],
     }
     [(probs, _)] = score_jobs(served.model, [prepare_job(served, ScoreRequest.model_validate(body).payload())])
     assert probs.shape == (5,) and np.isfinite(probs).all()
@@ -99,4 +102,23 @@ def test_a_declared_column_the_log_lacks_is_named_with_its_file(ray_session, tmp
         build_and_write(
             data["events_path"], str(tmp_path / "out"), 5, 0.8, 0.1, progress=None, features=cfg.data.features
         )
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_item_column_counted_by_user_that_the_item_table_lacks_is_named_with_its_file(ray_session, tmp_path):
+    features = {
+        "data.synthetic.events": 2000,
+        "data.features.item": [{"name": "colour", "kind": "categorical"}],
+        "data.features.counts": True,
+        "data.features.user_item_counts": ["colour"],
+    }
+    cfg = load_config(ROOT / "configs" / "tiny.yaml").with_overrides(features)
+    data = generate_synthetic(cfg.data.synthetic, tmp_path / "data")
+    out = str(tmp_path / "out")
+    with pytest.raises(DataError, match=r"\.parquet: column 'colour' \(data.features.user_item_counts\) is missing"):
+        build_and_write(
+            data["events_path"], out, 5, 0.8, 0.1, data["items_path"], progress=None, features=cfg.data.features
+        )
+    with pytest.raises(ConfigError, match="user_item_counts needs the item table"):
+        build_and_write(data["events_path"], out, 5, 0.8, 0.1, None, progress=None, features=cfg.data.features)
     assert not (tmp_path / "out").exists()

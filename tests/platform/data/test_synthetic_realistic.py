@@ -217,3 +217,12 @@ def test_item_brand_and_price_move_p_true(real):
     y = events["label"].to_numpy()
     for name in LOGIT_FAMILIES:  # every family alone ranks clicks above chance
         assert auc(y, fam[name]) > 0.52, name
+
+
+def test_title_noise_one_leaves_no_word_of_the_items_own_category(tmp_path):
+    """data.synthetic.title_noise=1: titles carry no signal of the category (the text ablation's case)."""
+    cfg = REAL.model_copy(update={"title_noise": 1.0, "events": 5000})
+    items = pq.read_table(generate_synthetic(cfg, tmp_path)["items_path"])
+    own = dict(category_vocabulary(cfg.categories, cfg.seed))
+    texts, cats = items["text"].to_pylist(), items["category"].to_pylist()
+    assert not any(w in own[c] for t, c in zip(texts, cats, strict=True) for w in t.split())

@@ -510,3 +510,21 @@ def test_no_item_dropout_draws_no_random_numbers() -> None:
     state = torch.get_rng_state()
     model.items(idx, bucket, text)
     assert torch.equal(torch.get_rng_state(), state)  # default runs draw the same dropout masks as before
+
+
+def test_id_dropout_zeroes_whole_id_parts_while_training_only_and_keeps_padding_zero() -> None:
+    """model.id_dropout: an item vector loses its id embedding (text stays), as a cold item has none."""
+    model = make_model(id_dropout=0.5)
+    items = model.items
+    idx = torch.tensor([[0, 2, 3, 4, 5, 6, 7, 8]]).repeat(64, 1)
+    bucket, text = idx % BUCKETS, items.text_of([idx])[0]
+    text_part = items.text_proj(text)
+    full = items(idx, bucket, text)  # eval mode: nothing dropped
+    torch.testing.assert_close(full, (items.id_embedding(bucket) + text_part) * (idx != 0).unsqueeze(-1))
+    items.train()
+    torch.manual_seed(0)
+    dropped = items(idx, bucket, text)
+    assert torch.all(dropped[:, 0] == 0)  # padding stays exactly zero
+    as_cold = torch.isclose(dropped, text_part, atol=1e-6).all(-1)[:, 1:]  # id part gone, text kept
+    as_warm = torch.isclose(dropped, full, atol=1e-6).all(-1)[:, 1:]
+    assert torch.all(as_cold | as_warm) and 0.3 < as_cold.float().mean() < 0.7

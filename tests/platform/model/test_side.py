@@ -215,3 +215,13 @@ def test_the_wide_part_starts_neutral_and_learns_a_context_x_category_pair():
 def test_model_wide_false_and_a_model_without_features_have_no_wide_part():
     off = build_model(CFG.model_copy(update={"wide": False}), NUM_ITEMS, None, side_layout=LAYOUT, side_tables=tables())
     assert off.wide is None and build_model(CFG, NUM_ITEMS, None).wide is None
+
+
+def test_user_embedding_false_keeps_only_the_wide_parts_user_bias():
+    cfg = CFG.model_copy(update={"user_embedding": False})
+    layout = SideLayout.from_config(FEATURES)
+    assert layout.user_id
+    m = build_model(cfg, NUM_ITEMS, None, side_layout=layout, side_tables=tables(), side_stats=STATS)
+    assert m.sample_side.user is None and m.wide.user is not None
+    assert m.sample_side.sample_width == model().sample_side.sample_width - CFG.user_dim
+    assert torch.isfinite(m.eval()(batch())).all()
