@@ -216,12 +216,18 @@ class ModelConfig(_Section):
         lt=1,
         description="Dropout on every item vector (history and target) while training; padding stays zero.",
     )
-    id_dropout: float = Field(
+    text_gate: bool = Field(
+        False,
+        description="With model.text: a learned gate per item-vector dimension on the text projection (starts "
+        "open), decayed towards 0 by train.embedding_weight_decay with the id tables: text that does not earn "
+        "its keep fades towards id-only.",
+    )
+    text_dropout: float = Field(
         0.0,
         ge=0,
         lt=1,
-        description="Share of item vectors (history and target) whose id embedding is zeroed while training, so "
-        "the model learns to score an item from its text and columns alone: the cold-start case.",
+        description="Share of item vectors (history and target) that lose their text part while training, so ids "
+        "and item columns carry the score alone as well and text that carries little cannot take it over.",
     )
 
 

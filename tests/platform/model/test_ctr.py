@@ -512,19 +512,34 @@ def test_no_item_dropout_draws_no_random_numbers() -> None:
     assert torch.equal(torch.get_rng_state(), state)  # default runs draw the same dropout masks as before
 
 
-def test_id_dropout_zeroes_whole_id_parts_while_training_only_and_keeps_padding_zero() -> None:
-    """model.id_dropout: an item vector loses its id embedding (text stays), as a cold item has none."""
-    model = make_model(id_dropout=0.5)
+def test_text_dropout_drops_whole_text_parts_while_training_only_and_keeps_padding_zero() -> None:
+    """model.text_dropout: an item vector loses its text part (its id stays), as an item without text has none."""
+    model = make_model(text_dropout=0.5)
     items = model.items
     idx = torch.tensor([[0, 2, 3, 4, 5, 6, 7, 8]]).repeat(64, 1)
     bucket, text = idx % BUCKETS, items.text_of([idx])[0]
-    text_part = items.text_proj(text)
+    id_part = items.id_embedding(bucket)
     full = items(idx, bucket, text)  # eval mode: nothing dropped
-    torch.testing.assert_close(full, (items.id_embedding(bucket) + text_part) * (idx != 0).unsqueeze(-1))
+    torch.testing.assert_close(full, (id_part + items.text_proj(text)) * (idx != 0).unsqueeze(-1))
     items.train()
     torch.manual_seed(0)
     dropped = items(idx, bucket, text)
     assert torch.all(dropped[:, 0] == 0)  # padding stays exactly zero
-    as_cold = torch.isclose(dropped, text_part, atol=1e-6).all(-1)[:, 1:]  # id part gone, text kept
-    as_warm = torch.isclose(dropped, full, atol=1e-6).all(-1)[:, 1:]
-    assert torch.all(as_cold | as_warm) and 0.3 < as_cold.float().mean() < 0.7
+    no_text = torch.isclose(dropped, id_part, atol=1e-6).all(-1)[:, 1:]
+    with_text = torch.isclose(dropped, full, atol=1e-6).all(-1)[:, 1:]
+    assert torch.all(no_text | with_text) and 0.3 < no_text.float().mean() < 0.7
+
+
+def test_text_gate_starts_open_scales_the_text_part_and_decays_with_the_id_tables() -> None:
+    plain, gated = make_model(), make_model(text_gate=True)
+    batch = make_batch()
+    gated.load_state_dict(plain.state_dict() | {"items.text_gate": torch.ones(8)})
+    torch.testing.assert_close(gated(batch), plain(batch))  # open at the start: the ungated model
+    with torch.no_grad():
+        gated.items.text_gate.zero_()
+    id_only = make_model(text=False)
+    id_only.load_state_dict({k: v for k, v in plain.state_dict().items() if "text" not in k})
+    torch.testing.assert_close(gated(batch), id_only(batch))  # closed: the id-only model
+    groups = {g["name"]: g for g in gated.param_groups(1e-3, 1e-5, 0.0, 0.5)}
+    assert any(p is gated.items.text_gate for p in groups["embeddings"]["params"])
+    assert "items.text_gate" not in plain.state_dict()  # off by default: checkpoints keep their keys
