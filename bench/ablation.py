@@ -10,7 +10,6 @@ Variants (config overrides of the one experiment config):
   bert_lstm_finetune   + top BERT layer trained in the step model.bert_trainable_layers=1
   bert_lstm_augment    + history truncation/drop/replace    train.*_prob
   bert_lstm_no_time    without click-age embeddings         model.time_features=false
-  bert_lstm_text_gate  + a decayed gate on the text part   model.text_gate=true, train.embedding_weight_decay=0.3
   bert_lstm_text_dropout + text dropped on half the item vectors  model.text_dropout=0.5
 Feature families (issue #15; run them on a config with data.features, e.g. configs/realistic.yaml):
   no_user_id           without the hashed user-id embedding data.features.user_id=false
@@ -50,7 +49,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bert_lstm_finetune": {"model.bert_trainable_layers": 1},
     "bert_lstm_augment": {"train.truncate_prob": 0.2, "train.drop_prob": 0.05, "train.replace_prob": 0.02},
     "bert_lstm_no_time": {"model.time_features": False},
-    "bert_lstm_text_gate": {"model.text_gate": True, "train.embedding_weight_decay": 0.3},
     "bert_lstm_text_dropout": {"model.text_dropout": 0.5},
     "no_user_id": {"data.features.user_id": False},
     "with_user_id": {"data.features.user_id": True},

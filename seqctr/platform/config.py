@@ -216,12 +216,6 @@ class ModelConfig(_Section):
         lt=1,
         description="Dropout on every item vector (history and target) while training; padding stays zero.",
     )
-    text_gate: bool = Field(
-        False,
-        description="With model.text: a learned gate per item-vector dimension on the text projection (starts "
-        "open), decayed towards 0 by train.embedding_weight_decay with the id tables: text that does not earn "
-        "its keep fades towards id-only.",
-    )
     text_dropout: float = Field(
         0.0,
         ge=0,

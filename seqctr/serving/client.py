@@ -111,7 +111,8 @@ def _body(
 ) -> dict[str, Any]:
     """A score request (a rank request with `k`), checked locally by the server's own pydantic model.
     `history_timestamps` (one per history item) turns the history into {item_id, timestamp} clicks;
-    `side`: the request's side fields (context, user_impressions, user_clicks: data.features)."""
+    `side`: the request's side fields (context, user_impressions, user_clicks, user_item_counts,
+    recent_impressions: data.features)."""
     clicks: list[Any] = list(history)
     if history_timestamps is not None:
         stamps = list(history_timestamps)

@@ -84,13 +84,10 @@ class ItemEmbedding(nn.Module):
             self.id_embedding.weight[PAD].zero_()
         self.bert: nn.Module | None = None
         self.text_proj: nn.Linear | None = None
-        self.text_gate: nn.Parameter | None = None
         self.frozen_cache_bytes = FROZEN_CACHE_BYTES
         if not cfg.text:
             return
         self.text_proj = nn.Linear(text_dim, cfg.embed_dim)
-        # model.text_gate: starts open (ones), so a gated model starts where an ungated one does
-        self.text_gate = nn.Parameter(torch.ones(cfg.embed_dim)) if cfg.text_gate else None
         if cfg.bert_trainable_layers > 0:
             self._init_bert(cfg.bert_trainable_layers, num_items, text_dim, bert, item_tokens)
         else:
@@ -216,8 +213,6 @@ class ItemEmbedding(nn.Module):
         vec = self.id_embedding(bucket)  # (..., D)
         if self.text_proj is not None and text is not None:
             projected = self.text_proj(text)
-            if self.text_gate is not None:  # model.text_gate
-                projected = projected * self.text_gate
             if self.text_dropout > 0 and self.training:  # model.text_dropout: whole text parts, not rescaled
                 keep = torch.rand(bucket.shape, device=vec.device) >= self.text_dropout
                 projected = projected * keep.unsqueeze(-1).to(projected.dtype)
@@ -689,17 +684,14 @@ class CTRModel(nn.Module):
     ) -> list[dict]:
         """Optimizer groups: the CTR model at `lr`; trainable BERT layers (fine-tune mode) at `bert_lr`.
 
-        With `embedding_weight_decay` the id-embedding tables (`id_embeddings`) and the text gate
-        (model.text_gate) leave the "model" group for an "embeddings" group of their own, decayed by it;
-        None keeps one "model" group."""
+        With `embedding_weight_decay` the id-embedding tables (`id_embeddings`) leave the "model" group
+        for an "embeddings" group of their own, decayed by it; None keeps one "model" group."""
         bert = self.items.bert
         bert_ids = {id(p) for p in bert.parameters()} if bert is not None else set()
         model_params = [p for p in self.parameters() if p.requires_grad and id(p) not in bert_ids]
         groups = [{"name": "model", "params": model_params, "lr": lr, "weight_decay": weight_decay}]
         if embedding_weight_decay is not None:
             table_ids = {id(t.weight) for t in self.id_embeddings()}
-            if self.items.text_gate is not None:  # decayed with the ids: text has to earn its keep against them
-                table_ids.add(id(self.items.text_gate))
             groups = [
                 {**groups[0], "params": [p for p in model_params if id(p) not in table_ids]},
                 {

@@ -528,18 +528,3 @@ def test_text_dropout_drops_whole_text_parts_while_training_only_and_keeps_paddi
     no_text = torch.isclose(dropped, id_part, atol=1e-6).all(-1)[:, 1:]
     with_text = torch.isclose(dropped, full, atol=1e-6).all(-1)[:, 1:]
     assert torch.all(no_text | with_text) and 0.3 < no_text.float().mean() < 0.7
-
-
-def test_text_gate_starts_open_scales_the_text_part_and_decays_with_the_id_tables() -> None:
-    plain, gated = make_model(), make_model(text_gate=True)
-    batch = make_batch()
-    gated.load_state_dict(plain.state_dict() | {"items.text_gate": torch.ones(8)})
-    torch.testing.assert_close(gated(batch), plain(batch))  # open at the start: the ungated model
-    with torch.no_grad():
-        gated.items.text_gate.zero_()
-    id_only = make_model(text=False)
-    id_only.load_state_dict({k: v for k, v in plain.state_dict().items() if "text" not in k})
-    torch.testing.assert_close(gated(batch), id_only(batch))  # closed: the id-only model
-    groups = {g["name"]: g for g in gated.param_groups(1e-3, 1e-5, 0.0, 0.5)}
-    assert any(p is gated.items.text_gate for p in groups["embeddings"]["params"])
-    assert "items.text_gate" not in plain.state_dict()  # off by default: checkpoints keep their keys
