@@ -15,10 +15,11 @@ Feature families (issue #15; run them on a config with data.features, e.g. confi
   no_user_id           without the hashed user-id embedding data.features.user_id=false
   with_user_id         with it (configs/realistic.yaml has it off) data.features.user_id=true
   no_history_match     without the target x history matches model.history_match=false
+  no_user_item_counts  without the user's counts by category data.features.user_item_counts=[]
   no_counts            without leak-free counting features  data.features.counts=false
   no_context           without the event context columns    data.features.event=[]
   no_item_columns      without the item-table columns       data.features.item=[]
-  no_side_features     none of the four (history + text)    all of the above
+  no_side_features     none of them (history + text)        all of the above
   id_only_features     every feature, no BERT text          model.text=false
 Prints a table (test AUC, GAUC, logloss, share of the oracle's lift, train seconds) and the margins of
 the full model over id-only and mean-pool; writes ablation.json under the work dir.
@@ -53,12 +54,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_user_id": {"data.features.user_id": False},
     "with_user_id": {"data.features.user_id": True},
     "no_history_match": {"model.history_match": False},
-    "no_counts": {"data.features.counts": False},
+    "no_user_item_counts": {"data.features.user_item_counts": []},
+    # counts by item value need the counts and their item column: these drop them too
+    "no_counts": {"data.features.counts": False, "data.features.user_item_counts": []},
     "no_context": {"data.features.event": []},
-    "no_item_columns": {"data.features.item": []},
+    "no_item_columns": {"data.features.item": [], "data.features.user_item_counts": []},
     "no_side_features": {
         "data.features.user_id": False,
         "data.features.counts": False,
+        "data.features.user_item_counts": [],
         "data.features.event": [],
         "data.features.item": [],
     },
@@ -68,6 +72,7 @@ FAMILY_VARIANTS = (
     "no_user_id",
     "with_user_id",
     "no_history_match",
+    "no_user_item_counts",
     "no_counts",
     "no_context",
     "no_item_columns",

@@ -87,6 +87,10 @@ def _searcher(cfg: ExperimentConfig, max_concurrent: int) -> Any:
     """Optuna or random search, each holding at most `max_concurrent` trials at once (Tune ignores
     `TuneConfig.max_concurrent_trials` for a random-search generator, so the limit is set here)."""
     point = base_point(cfg) if cfg.tune.start_from_base else {}
+    outside = sorted(set(cfg.tune.space) - set(point)) if cfg.tune.start_from_base else []
+    if outside and cfg.tune.search == "optuna":  # Optuna takes only a whole point of its space
+        print(f"[seqctr] tune: the base config is not a trial: its {', '.join(outside)} lie outside the space")
+        point = {}
     start = [point] if point else None
     if cfg.tune.search == "optuna":
         from ray.tune.search import ConcurrencyLimiter

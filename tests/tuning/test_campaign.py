@@ -114,3 +114,18 @@ def test_interrupted_campaign_resumes_without_rerunning_finished_trials(ray_sess
     assert set(table["status"]) == {"completed"}
     assert first in set(table["trial_id"])
     assert _mtimes(first_dir) == before  # the finished trial was not run again
+
+
+def test_optuna_gets_the_base_point_only_whole_and_says_which_keys_lie_outside(capsys):
+    """Optuna rejects a partial start point (a base value of None, say): the campaign starts without one."""
+    from seqctr.tuning.campaign import _searcher
+
+    cfg = load_config(CONFIGS / "tiny.yaml")
+    space = {"train.lr": {"loguniform": [1e-4, 1.0]}, "train.embedding_weight_decay": {"choice": [0.0, 0.1]}}
+    limited = _searcher(cfg.with_overrides({"tune.space": space, "tune.search": "optuna"}), 1)
+    assert not limited.searcher._points_to_evaluate
+    assert "its train.embedding_weight_decay lie outside the space" in capsys.readouterr().out
+    whole = _searcher(
+        cfg.with_overrides({"tune.space": {"train.lr": {"loguniform": [1e-4, 1.0]}}, "tune.search": "optuna"}), 1
+    )
+    assert whole.searcher._points_to_evaluate == [{"train.lr": cfg.train.lr}]
