@@ -37,17 +37,15 @@ ITEM_IMPRESSIONS = "count_item_impressions"
 ITEM_CLICKS = "count_item_clicks"
 COUNT_COLUMNS = (USER_IMPRESSIONS, USER_CLICKS, ITEM_IMPRESSIONS, ITEM_CLICKS)
 SIDE_INPUTS = ("user_bucket", "ctx_cat", "ctx_num", "user_counts", "target_counts", "target_user_item_counts")
-# buffers stored like the text table
-ITEM_TABLE_KEYS = ("item_side_cat", "item_side_num", "item_counts", "item_value_hash")
+ITEM_TABLE_KEYS = ("item_side_cat", "item_side_num", "item_counts", "item_value_hash")  # stored like the text table
+
+USER_SEED = 0x05E2  # salts: a user's bucket does not follow its id's item bucket, features differ
+FEATURE_SEED = 0x0FEA
 
 
 def user_item_count_columns(column: str) -> tuple[str, str, str]:
     """The samples' columns of the user's counts by item `column` (data.features.user_item_counts)."""
     return tuple(f"count_user_{column}_{what}" for what in ("impressions", "clicks", "recent"))  # type: ignore[return-value]
-
-
-USER_SEED = 0x05E2  # salts: a user's bucket does not follow its id's item bucket, features differ
-FEATURE_SEED = 0x0FEA
 
 
 @dataclass(frozen=True)
