@@ -7,7 +7,11 @@ Generates the realistic log, then prints: events per user (quantiles), the share
 users) unseen in training under the split by global time (train = oldest 80% of events, val 10%, test
 10%), the click rate and the oracle AUC (of `p_true`), and per logit family (`family_logits`, which sum
 back to `p_true` exactly): its sd, the AUC of the family alone, and the oracle AUC without it (the
-others summed), on all rows and on the test rows of unseen users (where a history cannot help).
+others summed), on all rows and on the test rows of unseen users (where a history cannot help). Then the
+ceiling of the session intent on the test split (`intent_from_impressions`): the AUC of a model that knew
+every other family exactly and read the intent from the user's interests alone, or from the categories of
+the last 10 impressions too. The gap between the two is what reading the impressions adds to the intent
+when all else is known; the gap from the second to a trained model is the estimation of everything else.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from seqctr.platform.config import SyntheticConfig
-from seqctr.platform.data.synthetic import LOGIT_FAMILIES, family_logits, generate_synthetic, oracle_auc
+from seqctr.platform.data.synthetic import (
+    LOGIT_FAMILIES,
+    family_logits,
+    generate_synthetic,
+    intent_from_impressions,
+    oracle_auc,
+)
 from seqctr.platform.model.metrics import auc
 
 
@@ -50,6 +60,14 @@ def profile_figures(cfg: SyntheticConfig) -> dict:
             "without_auc": auc(y, total - v),
             "alone_auc_unseen_test": auc(y[unseen_row], v[unseen_row]),
         }
+    # How much of the oracle a model can reach through the session intent: every other family exact, the
+    # intent read from the user's interests alone (0 impressions) or from the last 10 impressions too (what
+    # data.features.recent_impressions counts).
+    others = total - fam["affinity"]
+    ceiling = {
+        f"intent_from_{k}_impressions_auc_test": auc(y[test], (others + intent_from_impressions(cfg, events, k))[test])
+        for k in (0, 10)
+    }
     return {
         "events": cfg.events,
         "users": int(len(counts)),
@@ -65,6 +83,8 @@ def profile_figures(cfg: SyntheticConfig) -> dict:
         "mean_p_true": float(events["p_true"].to_numpy().mean()),
         "oracle_auc": oracle,
         "oracle_auc_unseen_test": auc(y[unseen_row], total[unseen_row]),
+        "oracle_auc_test": auc(y[test], total[test]),
+        "ceiling": ceiling,
         "families": families,
     }
 
@@ -107,6 +127,12 @@ def main() -> None:
     print(
         f"ctr {r['ctr']:.4f} (mean p_true {r['mean_p_true']:.4f}); oracle AUC {r['oracle_auc']:.4f}, "
         f"{r['oracle_auc_unseen_test']:.4f} on unseen users' test rows"
+    )
+    c = r["ceiling"]
+    print(
+        f"test split: oracle AUC {r['oracle_auc_test']:.4f}; with every family exact but the session intent, "
+        f"read from the user's interests alone {c['intent_from_0_impressions_auc_test']:.4f}, "
+        f"from the last 10 impressions too {c['intent_from_10_impressions_auc_test']:.4f}"
     )
     print(f"{'family':10s} {'sd':>6s} {'alone':>7s} {'without':>8s} {'alone, unseen test':>19s}")
     for name, f in r["families"].items():

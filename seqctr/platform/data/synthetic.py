@@ -1027,3 +1027,50 @@ def family_logits(
     hour = events["hour"].to_numpy(zero_copy_only=False).astype(np.int64)
     device = index("device", list(DEVICES))
     return _family_logits(world, proc, number("user_id"), number("item_id"), intent, hour, device)
+
+
+def intent_from_impressions(
+    cfg: SyntheticConfig, events: pa.Table, recent: int = 10, process: RealisticProcess | None = None
+) -> np.ndarray:
+    """(N,) the realistic log's "affinity" family as a reader of the user's last `recent` impressions could
+    know it: the intent term becomes log(q e^intent_gain + 1 - q), q the posterior probability that the
+    session's intent is the row's category; the interest term stays exact.
+
+    Why: it bounds what any model can get from the intent. Summed with the other families (exact), it
+    is the logit of a model that knew every user's bias, item's quality, interests and context effect
+    and read the categories of the last `recent` impressions before the row (the user's earlier rows in
+    time order; not their labels): bench/realistic_profile.py prints its AUC beside the oracle's.
+    The prior is the generator's fresh-intent draw (a random category or one of the user's interests);
+    each earlier impression of category k is evidence p_show_intent [k = c] + p_show_interest w[k] + rest / C.
+    """
+    if cfg.profile != "realistic":
+        raise ValueError(f"intent_from_impressions needs synthetic.profile 'realistic' (got '{cfg.profile}')")
+    proc = process or realistic_process(cfg)
+    world = _build_realistic_world(cfg, proc, category_vocabulary(cfg.categories, cfg.seed))
+    user = pc.cast(pc.utf8_slice_codeunits(events["user_id"], 1), pa.int64()).to_numpy(zero_copy_only=False)
+    item = pc.cast(pc.utf8_slice_codeunits(events["item_id"], 1), pa.int64()).to_numpy(zero_copy_only=False)
+    ts = events["timestamp"].to_numpy(zero_copy_only=False)
+    n, n_cats = len(user), cfg.categories
+    order = np.lexsort((np.arange(n), ts, user))
+    u, cat = user[order], world.item_cat[item[order]]
+    weight = np.zeros((n, n_cats))  # (N, C) the user's interest weight of each category
+    for j in range(world.interest_cat.shape[1]):
+        np.add.at(weight, (np.arange(n), world.interest_cat[u, j]), world.interest_w[u, j])
+    prior = proc.p_random_intent / n_cats + (1 - proc.p_random_intent) * weight
+    rest = (1 - proc.p_show_intent - proc.p_show_interest) / n_cats
+    shown = weight[np.arange(n), cat][:, None]  # (N, 1) interest weight of each row's own category
+    evidence = np.log(proc.p_show_intent * (np.arange(n_cats) == cat[:, None]) + proc.p_show_interest * shown + rest)
+    first = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
+    user_first = np.repeat(first, np.diff(np.r_[first, n]))  # (N,) the row of the user's first event
+    log_post = np.log(prior)
+    for lag in range(1, recent + 1):
+        src = np.arange(n) - lag
+        seen = src >= user_first
+        log_post[seen] += evidence[src[seen]]
+    post = np.exp(log_post - log_post.max(axis=1, keepdims=True))
+    q = post[np.arange(n), cat] / post.sum(axis=1)  # P(intent = the row's category | impressions)
+    w_own = weight[np.arange(n), cat]
+    affinity = np.log(q * np.exp(proc.intent_gain) + 1 - q) + proc.interest_gain * w_own
+    out = np.empty(n)
+    out[order] = affinity
+    return out

@@ -18,10 +18,12 @@ from seqctr.platform.data.synthetic import (
     LOGIT_FAMILIES,
     ClickProcess,
     RealisticProcess,
+    _build_realistic_world,
     category_vocabulary,
     click_probability,
     family_logits,
     generate_synthetic,
+    intent_from_impressions,
     oracle_auc,
 )
 from seqctr.platform.model.metrics import auc
@@ -226,3 +228,37 @@ def test_title_noise_one_leaves_no_word_of_the_items_own_category(tmp_path):
     own = dict(category_vocabulary(cfg.categories, cfg.seed))
     texts, cats = items["text"].to_pylist(), items["category"].to_pylist()
     assert not any(w in own[c] for t, c in zip(texts, cats, strict=True) for w in t.split())
+
+
+def test_intent_from_impressions_is_the_posterior_of_the_last_impressions_and_bounds_the_intent(real):
+    """Row by row, the brute-force posterior over the session intent given the categories of the user's
+    last 3 earlier impressions; in AUC it lies between knowing the interests only and the oracle."""
+    _, events, _ = real
+    proc = RealisticProcess()
+    world = _build_realistic_world(REAL, proc, category_vocabulary(REAL.categories, REAL.seed))
+    shuffled = events.take(np.random.default_rng(0).permutation(events.num_rows))  # row order must not matter
+    got = intent_from_impressions(REAL, shuffled, recent=3)
+    user = np.array([int(u[1:]) for u in shuffled["user_id"].to_pylist()])
+    item = np.array([int(i[1:]) for i in shuffled["item_id"].to_pylist()])
+    ts = shuffled["timestamp"].to_numpy()
+    n_cats = REAL.categories
+    for row in np.random.default_rng(1).choice(len(user), 40, replace=False):
+        u = user[row]
+        w = np.zeros(n_cats)
+        for c, wt in zip(world.interest_cat[u], world.interest_w[u], strict=True):
+            w[c] += wt
+        post = proc.p_random_intent / n_cats + (1 - proc.p_random_intent) * w
+        earlier = np.flatnonzero((user == u) & (ts < ts[row]))
+        for k in world.item_cat[item[earlier[np.argsort(ts[earlier])][-3:]]]:
+            post = post * (proc.p_show_intent * (np.arange(n_cats) == k) + proc.p_show_interest * w[k] + 0.4 / n_cats)
+        cat = world.item_cat[item[row]]
+        q = post[cat] / post.sum()
+        want = np.log(q * np.exp(proc.intent_gain) + 1 - q) + proc.interest_gain * w[cat]
+        assert got[row] == pytest.approx(want, rel=1e-9, abs=1e-12)
+    fam = family_logits(REAL, events)
+    others = sum(fam.values()) - fam["affinity"]
+    y = events["label"].to_numpy()
+    interests_only, read = (auc(y, others + intent_from_impressions(REAL, events, k)) for k in (0, 10))
+    assert auc(y, others) < interests_only < read < auc(y, others + fam["affinity"])
+    with pytest.raises(ValueError, match="realistic"):
+        intent_from_impressions(REAL.model_copy(update={"profile": "default"}), events)
