@@ -10,8 +10,9 @@ back to `p_true` exactly): its sd, the AUC of the family alone, and the oracle A
 others summed), on all rows and on the test rows of unseen users (where a history cannot help). Then the
 ceiling of the session intent on the test split (`intent_from_impressions`): the AUC of a model that knew
 every other family exactly and read the intent from the user's interests alone, or from the categories of
-the last 10 impressions too. The gap between the two is what reading the impressions adds to the intent
-when all else is known; the gap from the second to a trained model is the estimation of everything else.
+the last 10 impressions too (an approximate posterior: no session boundaries, no labels). The gap between
+the two estimates what reading the impressions adds to the intent when all else is known; the gap from the
+second to a trained model is mostly the estimation of everything else.
 """
 
 from __future__ import annotations

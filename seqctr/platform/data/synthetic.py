@@ -1036,12 +1036,13 @@ def intent_from_impressions(
     know it: the intent term becomes log(q e^intent_gain + 1 - q), q the posterior probability that the
     session's intent is the row's category; the interest term stays exact.
 
-    Why: it bounds what any model can get from the intent. Summed with the other families (exact), it
-    is the logit of a model that knew every user's bias, item's quality, interests and context effect
+    Why: it estimates how much a model can get from the intent. Summed with the other families (exact),
+    it is the logit of a model that knew every user's bias, item's quality, interests and context effect
     and read the categories of the last `recent` impressions before the row (the user's earlier rows in
-    time order; not their labels): bench/realistic_profile.py prints its AUC beside the oracle's.
-    The prior is the generator's fresh-intent draw (a random category or one of the user's interests);
-    each earlier impression of category k is evidence p_show_intent [k = c] + p_show_interest w[k] + rest / C.
+    time order): bench/realistic_profile.py prints its AUC beside the oracle's. The posterior is an
+    approximation: it ignores session boundaries and the impressions' labels. The prior is the generator's
+    fresh-intent draw (a random category or one of the user's interests); each earlier impression of
+    category k is evidence p_show_intent [k = c] + p_show_interest w[k] + rest / C.
     """
     if cfg.profile != "realistic":
         raise ValueError(f"intent_from_impressions needs synthetic.profile 'realistic' (got '{cfg.profile}')")
