@@ -62,7 +62,8 @@ ItemId = Annotated[Annotated[StrictStr, StringConstraints(min_length=1)] | Integ
 """A string or integer item id, turned into its string form (`17` and `"17"` are the same item)."""
 
 ItemSource = Literal["known", "text", "hashed"]
-Count = Annotated[StrictInt, Field(ge=0), BeforeValidator(_whole_number)]  # as UnixSeconds: in the OpenAPI schema
+# Non-negative and below 2^53 (exact as a float; a larger count would overflow the model's float32 inputs).
+Count = Annotated[StrictInt, Field(ge=0, le=2**53), BeforeValidator(_whole_number)]  # in the OpenAPI schema too
 ContextValue = (
     Annotated[StrictStr, StringConstraints(max_length=1000)]
     | StrictInt
@@ -133,7 +134,7 @@ class ScoreRequest(_Strict):
         None, description="The user's impressions so far (data.features.counts; absent = a new user)."
     )
     user_clicks: Count | None = Field(None, description="The user's clicks so far (<= user_impressions).")
-    user_item_counts: dict[Annotated[str, StringConstraints(min_length=1)], dict[str, tuple[Count, Count]]] | None = (
+    user_item_counts: dict[Annotated[str, StringConstraints(min_length=1)], dict[Text, tuple[Count, Count]]] | None = (
         Field(
             None,
             description="The user's [impressions, clicks] so far per value of each item column the model counts by "

@@ -189,6 +189,12 @@ def test_user_item_counts_with_more_clicks_than_impressions_name_the_value(by_br
     with pytest.raises(FeatureFieldError) as err:
         prepare_job(model, payload(user_item_counts={"brand": {"b1": [2, 5]}}))
     assert err.value.loc == ("user_item_counts", "brand", "b1")
+    # many values (of which few are the candidates'): each candidate gets its own value's counts only
+    many = {f"x{k}": [k + 1, 0] for k in range(5000)} | {BRAND["i4"]: [8, 2]}
+    assert np.allclose(
+        served(by_brand, user_item_counts={"brand": many}),
+        served(by_brand, user_item_counts={"brand": {BRAND["i4"]: [8, 2]}}),
+    )
     # a column this model does not count by is ignored, as unread context fields are
     assert np.allclose(served(by_brand, user_item_counts={"colour": {"red": [2, 5]}}), served(by_brand))
 
@@ -199,6 +205,9 @@ def test_user_item_counts_with_more_clicks_than_impressions_name_the_value(by_br
         {"user_item_counts": {"brand": {"b1": [1]}}},
         {"user_item_counts": {"brand": {"b1": [-1, 0]}}},
         {"user_item_counts": {"brand": [1, 2]}},
+        {"user_item_counts": {"brand": {"\ud800": [1, 0]}}},  # not encodable as UTF-8
+        {"user_item_counts": {"brand": {"b1": [10**400, 0]}}},  # beyond 2^53: would overflow float32
+        {"user_impressions": 2**53 + 1},
         {"recent_impressions": "i1"},
         {"recent_impressions": [""]},
     ],

@@ -214,11 +214,14 @@ def request_user_item_counts(
                 raise FeatureFieldError(
                     ("user_item_counts", name, value), f"user_item_counts.{name}.{value}: clicks > impressions"
                 )
-        if by_value:
+        if by_value:  # O((C + V) log V): a sorted lookup, not a (candidates x values) match
             keys = value_hashes(pa.array(list(by_value), pa.string()))
-            counts = np.array(list(by_value.values()), dtype=np.float32).reshape(-1, 2)
-            hit = (cand[:, f, None] == keys[None, :]) & (cand[:, f, None] != 0)  # (C, V)
-            out[:, f, :2] = hit.astype(np.float32) @ counts
+            counts = np.array(list(by_value.values()), dtype=np.float64).reshape(-1, 2)
+            order = np.argsort(keys, kind="stable")
+            keys, counts = keys[order], counts[order]
+            pos = np.minimum(np.searchsorted(keys, cand[:, f]), keys.size - 1)  # (C,)
+            hit = (keys[pos] == cand[:, f]) & (cand[:, f] != 0)
+            out[hit, f, :2] = counts[pos[hit]]
         out[:, f, 2] = ((recent[None, :, f] == cand[:, f, None]) & (cand[:, f, None] != 0)).sum(1)
     return out
 
