@@ -48,6 +48,13 @@ def value_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return out
 
 
+def sorted_lookup(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position, found) of each query in `sorted_keys` (increasing, non-empty): O(n log k), the lookup
+    every hash-keyed table here uses. `position` is valid only where `found`."""
+    pos = np.minimum(np.searchsorted(sorted_keys, queries), sorted_keys.size - 1)
+    return pos, sorted_keys[pos] == queries
+
+
 def _runs(keys: np.ndarray) -> np.ndarray:
     """Start positions of runs of equal rows in sorted `keys` (any number of columns, last axis rows)."""
     change = np.ones(keys.shape[-1], dtype=bool)
@@ -141,8 +148,7 @@ class ItemCountTable:
         imp = np.zeros(h.size, np.int64)
         clk = np.zeros(h.size, np.int64)
         if self.hashes.size:
-            code = np.minimum(np.searchsorted(self.hashes, h), self.hashes.size - 1)
-            known = self.hashes[code] == h
+            code, known = sorted_lookup(self.hashes, h)
             imp[known], clk[known] = self.totals_impressions[code[known]], self.totals_clicks[code[known]]
         return pa.table(
             {"item_id": item_ids, "impressions": pa.array(imp, pa.int64()), "clicks": pa.array(clk, pa.int64())}
@@ -183,8 +189,7 @@ class ItemValueTable:
         """(n, F) value hashes of items by hash64(item_id); 0 for an item the table lacks."""
         out = np.zeros((item_hash.size, len(self.columns)), np.int64)
         if self.hashes.size and item_hash.size:
-            code = np.minimum(np.searchsorted(self.hashes, item_hash), self.hashes.size - 1)
-            known = self.hashes[code] == item_hash
+            code, known = sorted_lookup(self.hashes, item_hash)
             out[known] = self.values[code[known]]
         return out
 

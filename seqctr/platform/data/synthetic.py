@@ -1003,6 +1003,11 @@ def oracle_auc(events_path: str | Path) -> float:
     return auc(cols["label"], cols["p_true"])
 
 
+def _id_numbers(events: pa.Table, name: str) -> np.ndarray:
+    """The generator's index of each row's user or item: its id ("u000042", "i000007") without the prefix."""
+    return pc.cast(pc.utf8_slice_codeunits(events[name], 1), pa.int64()).to_numpy(zero_copy_only=False)
+
+
 def family_logits(
     cfg: SyntheticConfig, events: pa.Table, process: RealisticProcess | None = None
 ) -> dict[str, np.ndarray]:
@@ -1020,13 +1025,12 @@ def family_logits(
     def index(name: str, values: list[str]) -> np.ndarray:
         return pc.index_in(events[name], value_set=pa.array(values)).to_numpy(zero_copy_only=False)
 
-    def number(name: str) -> np.ndarray:
-        return pc.cast(pc.utf8_slice_codeunits(events[name], 1), pa.int64()).to_numpy(zero_copy_only=False)
-
     intent = index("intent", [n for n, _ in vocab])
     hour = events["hour"].to_numpy(zero_copy_only=False).astype(np.int64)
     device = index("device", list(DEVICES))
-    return _family_logits(world, proc, number("user_id"), number("item_id"), intent, hour, device)
+    return _family_logits(
+        world, proc, _id_numbers(events, "user_id"), _id_numbers(events, "item_id"), intent, hour, device
+    )
 
 
 def intent_from_impressions(
@@ -1048,8 +1052,7 @@ def intent_from_impressions(
         raise ValueError(f"intent_from_impressions needs synthetic.profile 'realistic' (got '{cfg.profile}')")
     proc = process or realistic_process(cfg)
     world = _build_realistic_world(cfg, proc, category_vocabulary(cfg.categories, cfg.seed))
-    user = pc.cast(pc.utf8_slice_codeunits(events["user_id"], 1), pa.int64()).to_numpy(zero_copy_only=False)
-    item = pc.cast(pc.utf8_slice_codeunits(events["item_id"], 1), pa.int64()).to_numpy(zero_copy_only=False)
+    user, item = _id_numbers(events, "user_id"), _id_numbers(events, "item_id")
     ts = events["timestamp"].to_numpy(zero_copy_only=False)
     n, n_cats = len(user), cfg.categories
     order = np.lexsort((np.arange(n), ts, user))
@@ -1059,8 +1062,10 @@ def intent_from_impressions(
         np.add.at(weight, (np.arange(n), world.interest_cat[u, j]), world.interest_w[u, j])
     prior = proc.p_random_intent / n_cats + (1 - proc.p_random_intent) * weight
     rest = (1 - proc.p_show_intent - proc.p_show_interest) / n_cats
-    shown = weight[np.arange(n), cat][:, None]  # (N, 1) interest weight of each row's own category
-    evidence = np.log(proc.p_show_intent * (np.arange(n_cats) == cat[:, None]) + proc.p_show_interest * shown + rest)
+    w_own = weight[np.arange(n), cat]  # (N,) interest weight of each row's own category
+    evidence = np.log(
+        proc.p_show_intent * (np.arange(n_cats) == cat[:, None]) + proc.p_show_interest * w_own[:, None] + rest
+    )
     first = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
     user_first = np.repeat(first, np.diff(np.r_[first, n]))  # (N,) the row of the user's first event
     log_post = np.log(prior)
@@ -1070,7 +1075,6 @@ def intent_from_impressions(
         log_post[seen] += evidence[src[seen]]
     post = np.exp(log_post - log_post.max(axis=1, keepdims=True))
     q = post[np.arange(n), cat] / post.sum(axis=1)  # P(intent = the row's category | impressions)
-    w_own = weight[np.arange(n), cat]
     affinity = np.log(q * np.exp(proc.intent_gain) + 1 - q) + proc.interest_gain * w_own
     out = np.empty(n)
     out[order] = affinity

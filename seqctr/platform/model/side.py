@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from seqctr.platform.config import FeaturesConfig, ModelConfig
-from seqctr.platform.data.counts import value_hashes
+from seqctr.platform.data.counts import sorted_lookup, value_hashes
 from seqctr.platform.model.features import _column, hash64
 
 # Counting columns of the samples (written by the build, platform/data/counts.py).
@@ -218,10 +218,9 @@ def request_user_item_counts(
             keys = value_hashes(pa.array(list(by_value), pa.string()))
             counts = np.array(list(by_value.values()), dtype=np.float64).reshape(-1, 2)
             order = np.argsort(keys, kind="stable")
-            keys, counts = keys[order], counts[order]
-            pos = np.minimum(np.searchsorted(keys, cand[:, f]), keys.size - 1)  # (C,)
-            hit = (keys[pos] == cand[:, f]) & (cand[:, f] != 0)
-            out[hit, f, :2] = counts[pos[hit]]
+            pos, hit = sorted_lookup(keys[order], cand[:, f])  # (C,)
+            hit &= cand[:, f] != 0
+            out[hit, f, :2] = counts[order[pos[hit]]]
         out[:, f, 2] = ((recent[None, :, f] == cand[:, f, None]) & (cand[:, f, None] != 0)).sum(1)
     return out
 

@@ -230,7 +230,7 @@ def test_title_noise_one_leaves_no_word_of_the_items_own_category(tmp_path):
     assert not any(w in own[c] for t, c in zip(texts, cats, strict=True) for w in t.split())
 
 
-def test_intent_from_impressions_is_the_posterior_of_the_last_impressions_and_bounds_the_intent(real):
+def test_intent_from_impressions_is_the_posterior_of_the_last_impressions_between_interests_and_oracle(real):
     """Row by row, the brute-force posterior over the session intent given the categories of the user's
     last 3 earlier impressions; in AUC it lies between knowing the interests only and the oracle."""
     _, events, _ = real
