@@ -36,7 +36,7 @@ from seqctr.platform.storage import (
     list_names,
     read_text,
 )
-from seqctr.tuning.space import base_point, build_search_space, trial_config
+from seqctr.tuning.space import base_point, build_search_space, shared_data_config, trial_config
 
 METRIC, MODE = "val_auc", "max"
 
@@ -194,8 +194,9 @@ def run_campaign(
     print(f"[seqctr] tune: preparing shared data for campaign {name}")
     ensure_samples(cfg)
     index = run_index(cfg, None)
-    assets = prepare_assets(cfg, index)
-    datasets = make_datasets(cfg, assets.index_bytes)
+    shared = shared_data_config(cfg)
+    assets = prepare_assets(shared, index)
+    datasets = make_datasets(shared, assets.index_bytes)
     trainable = tune.with_resources(
         tune.with_parameters(
             train_trial, base=cfg.to_dict(), assets=assets, datasets=datasets, trials_root=trials_root

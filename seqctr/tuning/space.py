@@ -6,7 +6,9 @@
         model.hidden_size: {choice: [64, 128]}
 
 A trial's parameters are exactly these dotted overrides, so a trial config is the base config plus
-`with_overrides(params)`, validated like any `--set`.
+`with_overrides(params)`, validated like any `--set`. What the campaign prepares once for all trials
+(the samples build, the item tables, the text embeddings, the encoded datasets) comes from the base
+config, so a key that changes it cannot be searched: it is refused up front (SHARED_KEYS), never ignored.
 """
 
 from __future__ import annotations
@@ -25,6 +27,30 @@ SAMPLERS = {
     "quniform": lambda args: tune.quniform(*args),
 }
 
+# Keys (or prefixes, ending in ".") of what a campaign prepares once from the base config and every trial
+# shares: a trial's own value would be silently ignored. data.features.user_id is the exception: the
+# campaign encodes the user's bucket whenever a trial may turn it on (shared_data_config).
+SHARED_KEYS = (
+    "data.",
+    "embed.",
+    "model.text",
+    "model.bert_trainable_layers",
+    "model.id_buckets",
+    "model.feature_buckets",
+    "model.user_buckets",
+    "train.max_train_samples",
+    "train.shuffle",
+    "train.sharding",
+)
+PER_TRIAL_KEYS = ("data.features.user_id",)
+
+
+def shared_key(key: str) -> bool:
+    """Whether `key` changes what the campaign's trials share (see SHARED_KEYS)."""
+    if key in PER_TRIAL_KEYS:
+        return False
+    return any(key.startswith(k) if k.endswith(".") else key == k for k in SHARED_KEYS)
+
 
 def build_search_space(cfg: ExperimentConfig) -> dict[str, Any]:
     """Ray Tune domains keyed by dotted config keys; every key and bound is checked up front."""
@@ -35,6 +61,12 @@ def build_search_space(cfg: ExperimentConfig) -> dict[str, Any]:
         if len(spec) != 1:
             raise ConfigError(f"tune.space.{key}: expected one of {sorted(SAMPLERS)}, got {sorted(spec)}")
         ((kind, args),) = spec.items()
+        if shared_key(key):
+            raise ConfigError(
+                f"tune.space.{key}: every trial shares the samples, item tables, embeddings and encoded datasets "
+                f"the campaign prepares once from the base config, so a trial's {key} would be ignored; "
+                f"run one campaign per value instead (--set {key}=...)"
+            )
         if kind not in SAMPLERS:
             raise ConfigError(f"tune.space.{key}: unknown sampler '{kind}' (use one of {sorted(SAMPLERS)})")
         if kind != "choice" and len(args) < 2:
@@ -51,6 +83,17 @@ def build_search_space(cfg: ExperimentConfig) -> dict[str, Any]:
 def trial_config(base: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
     """The experiment config of one trial: only the searched keys differ from the base."""
     return base.with_overrides({k: v for k, v in params.items() if k in base.tune.space})
+
+
+def shared_data_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config the campaign's shared datasets and assets are prepared with: the base, with the user's
+    hashed bucket encoded whenever a trial may turn data.features.user_id on (a model without the user
+    id ignores the column), so that trial gets the user bias it asked for."""
+    spec = cfg.tune.space.get("data.features.user_id", {})
+    values = next(iter(spec.values()), [])
+    if not cfg.data.features.user_id and True in values:
+        return cfg.with_overrides({"data.features.user_id": True})
+    return cfg
 
 
 def base_point(cfg: ExperimentConfig) -> dict[str, Any]:

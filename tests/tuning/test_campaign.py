@@ -13,8 +13,9 @@ from ray import tune
 from seqctr.platform.config import ConfigError, load_config, resolve_paths
 from seqctr.platform.data.synthetic import generate_synthetic
 from seqctr.platform.registry import Registry
+from seqctr.training.ingest import side_of
 from seqctr.tuning.campaign import CampaignInterrupted, finished_run_metrics, run_campaign
-from seqctr.tuning.space import base_point, build_search_space, trial_config
+from seqctr.tuning.space import base_point, build_search_space, shared_data_config, trial_config
 
 pytestmark = pytest.mark.slow
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -29,6 +30,35 @@ def test_search_space_is_checked_against_the_config():
         build_search_space(cfg.with_overrides({"tune.space": {"model.hiden_size": {"choice": [1]}}}))
     with pytest.raises(ConfigError, match="unknown sampler 'normal'"):
         build_search_space(cfg.with_overrides({"tune.space": {"train.lr": {"normal": [0, 1]}}}))
+
+
+@pytest.mark.parametrize(
+    "key, values",
+    [
+        ("data.max_seq_len", [5, 10]),
+        ("data.features.recent_impressions", [5, 20]),
+        ("embed.pooling", ["mean", "cls"]),
+        ("model.id_buckets", [1000, 2000]),
+        ("model.text", [True, False]),
+        ("train.shuffle", ["time", "global"]),
+    ],
+)
+def test_search_space_refuses_keys_the_trials_share(key, values):
+    """The samples, tables, embeddings and datasets come from the base config: a trial's value of a key
+    that changes them would be ignored, so the campaign refuses it up front."""
+    cfg = load_config(CONFIGS / "tiny.yaml")
+    with pytest.raises(ConfigError, match=rf"tune.space.{key}: every trial shares .*\(--set {key}="):
+        build_search_space(cfg.with_overrides({"tune.space": {key: {"choice": values}}}))
+
+
+def test_user_id_is_searched_with_the_user_bucket_encoded_for_every_trial():
+    cfg = load_config(CONFIGS / "realistic.yaml")
+    assert not cfg.data.features.user_id and "data.features.user_id" in build_search_space(cfg)
+    shared = shared_data_config(cfg)
+    assert shared.data.features.user_id and side_of(shared)[0].user_id  # the datasets carry user_bucket
+    assert trial_config(cfg, {"data.features.user_id": False}).data.features.user_id is False
+    only_false = cfg.with_overrides({"tune.space": {"data.features.user_id": {"choice": [False]}}})
+    assert shared_data_config(only_false) is only_false
 
 
 def test_base_point_is_the_base_config_inside_the_space():
