@@ -231,6 +231,11 @@ ITEM_CASES = [
         lambda root: write(root / "items.parquet", items_table(["i1", "i2"], invalid_utf8_texts())),
         ("{path}", "column 'text': invalid UTF-8 at row 1"),
     ),
+    DataCase(  # every stage reads an item's columns by id: the build too, with or without model.text
+        "item-id-repeated",
+        lambda root: write(root / "items.parquet", items_table(["i1", "i2", "i1"], ["red shoe", "hat", "red boot"])),
+        ("{path}", r"column 'item_id': duplicate id 'i1' at row 2 \(first seen in {path}\)"),
+    ),
 ]
 
 
@@ -247,14 +252,6 @@ def test_bad_item_table_is_refused_by_validate_build_and_embed(case: DataCase, t
 
     vectors = tmp_path / "embeddings"
     assert_refused(run_cli("embed", "--items", path, "--out", str(vectors), "--config", TINY), *_patterns(case, path))
-    assert_nothing_written(vectors)
-
-
-def test_duplicate_item_ids_are_refused_by_embed(tmp_path: Path, ray_session) -> None:
-    path = write(tmp_path / "items.parquet", items_table(["i1", "i2", "i1"], ["red shoe", "blue hat", "red boot"]))
-    vectors = tmp_path / "embeddings"
-    error = assert_refused(run_cli("embed", "--items", path, "--out", str(vectors), "--config", TINY))
-    assert f"{path}: column 'item_id': duplicate id 'i1' at row 2" in error
     assert_nothing_written(vectors)
 
 

@@ -347,4 +347,22 @@ def validate_events(path: str) -> dict[str, Any]:
 def validate_items(path: str) -> dict[str, Any]:
     """Check an item table (item_id, text[, category]); returns {rows, files, schema, optional_columns}."""
     kinds = {"item_id": "id", "text": "text"}  # category: type-checked only, nulls allowed
-    return _validate(path, ITEM_COLUMNS, ITEM_TYPES, kinds)
+    summary = _validate(path, ITEM_COLUMNS, ITEM_TYPES, kinds)
+    check_unique_item_ids(list_parquet_files(path))
+    return summary
+
+
+def check_unique_item_ids(files: list[str]) -> None:
+    """One row per item: a repeated item_id (across all files, as a string) is an error naming both places.
+
+    Why: every stage reads an item's columns by id (its text vector, its side columns, its value for
+    the counts by category), and a repeated id would let two of them keep different rows."""
+    seen: dict[str, str] = {}
+    for file in files:
+        ids = open_parquet(file).read(columns=["item_id"]).column("item_id")
+        for row, item_id in enumerate(pc.cast(ids, pa.string()).to_pylist()):
+            if item_id in seen:
+                raise DataError(
+                    f"{file}: column 'item_id': duplicate id {item_id!r} at row {row} (first seen in {seen[item_id]})"
+                )
+            seen[item_id] = file

@@ -22,12 +22,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from seqctr.platform.config import EmbedConfig
-from seqctr.platform.data.contract import ITEM_COLUMNS, DataError, list_parquet_files, open_parquet, validate_items
+from seqctr.platform.data.contract import ITEM_COLUMNS, list_parquet_files, validate_items
 from seqctr.platform.progress import Progress
 from seqctr.platform.runtime import quiet_ray_data
 from seqctr.platform.storage import (
@@ -223,19 +222,6 @@ def _stage(message: str) -> None:
     print(f"[seqctr.embed] {message}", file=sys.stderr, flush=True)
 
 
-def _check_unique_ids(files: list[str]) -> None:
-    """One vector per item: a repeated item_id (across all files, as a string) is an error."""
-    seen: dict[str, str] = {}
-    for file in files:
-        ids = open_parquet(file).read(columns=["item_id"]).column("item_id")
-        for row, item_id in enumerate(pc.cast(ids, pa.string()).to_pylist()):
-            if item_id in seen:
-                raise DataError(
-                    f"{file}: column 'item_id': duplicate id {item_id!r} at row {row} (first seen in {seen[item_id]})"
-                )
-            seen[item_id] = file
-
-
 def fingerprint(files: list[str], model_path: str, cfg: EmbedConfig) -> str:
     """sha256 over the item files (path, size, mtime) and every setting that changes a vector."""
     payload = {
@@ -313,8 +299,7 @@ def embed_items(items_path: str, cfg: EmbedConfig) -> dict[str, Any]:
             _stage(f"cached: {meta['rows']} items x {meta['dim']} already in {out}")
             return _report(meta, time.perf_counter() - start, cached=True, path=out)
 
-    rows = int(validate_items(items_path)["rows"])
-    _check_unique_ids(files)
+    rows = int(validate_items(items_path)["rows"])  # repeated ids included
     pool = encoder_pool(cfg)
     block_rows = BATCHES_PER_BLOCK * cfg.batch_size
     _stage(
