@@ -113,6 +113,13 @@ class ServingModel:
     loaded_at: str = field(default_factory=_now)
     item_values: np.ndarray | None = field(default=None, repr=False)  # (items, F) of data.features.user_item_counts
 
+    def __post_init__(self) -> None:
+        if self.item_values is None:  # taken from the model once, off the device, never per request
+            sample_side = getattr(self.loaded.model, "sample_side", None)
+            values = getattr(sample_side, "item_value_hash", None)
+            if values is not None:
+                object.__setattr__(self, "item_values", values.cpu().numpy())
+
     @property
     def model(self) -> CTRModel:
         return self.loaded.model
@@ -207,10 +214,7 @@ def load_serving_model(
         loaded.model = quantize_int8(loaded.model)
         quantized = "int8"
     name, version = model_identity(source, checkpoint, loaded.config)
-    sample_side = getattr(loaded.model, "sample_side", None)
-    values = getattr(sample_side, "item_value_hash", None)  # off the device once, not per request
-    item_values = values.cpu().numpy() if values is not None else None
-    return ServingModel(loaded, spec.model, source, checkpoint, name, version, quantized, item_values=item_values)
+    return ServingModel(loaded, spec.model, source, checkpoint, name, version, quantized)
 
 
 # ----------------------------------------------------------------------------- request encoding
