@@ -219,8 +219,14 @@ def user_value_counts(
     tie[1:] |= ts[1:] != ts[:-1]
     user_start = np.maximum.accumulate(np.where(new_user, idx, 0))
     tie_start = np.maximum.accumulate(np.where(tie, idx, 0))
-    for lag in range(1, recent + 1):  # O(n * recent), vectorised over rows
-        j = tie_start - lag
-        out[:, 2] += (j >= user_start) & (values[np.maximum(j, 0)] == values)
+    # The last `recent` impressions before row i's tie group are rows [lo, tie_start) of its user; those
+    # sharing i's value are the rows of i's (user, value) group in that range: two binary searches in
+    # the groups' sorted (group, row) keys, so the cost is O(n log n) whatever `recent` is.
+    group = np.cumsum(new_group) - 1  # (n,) each sorted row's (user, value) group
+    keys = group * (n + 1) + order  # ascending: groups in order, rows in time order inside each
+    base = np.empty(n, np.int64)
+    base[order] = group * (n + 1)
+    lo = np.maximum(user_start, tie_start - recent)
+    out[:, 2] = np.searchsorted(keys, base + tie_start) - np.searchsorted(keys, base + lo)
     out[values == 0] = 0  # a null value (or an item the table lacks) counts nothing
     return out

@@ -96,9 +96,10 @@ def _values(recent: int = 4) -> ItemValueTable:
     return ItemValueTable.from_columns(ids, {"category": category}, ("category",), recent)
 
 
-def test_user_counts_by_item_value_equal_a_brute_force_count_of_strictly_earlier_events():
+@pytest.mark.parametrize("recent", [1, 4, 40])  # 40: longer than most users' histories here
+def test_user_counts_by_item_value_equal_a_brute_force_count_of_strictly_earlier_events(recent):
     log = _log(2500, seed=3)
-    samples = samples_from_events(log, 5, item_counts=_table(log), item_values=_values(4)).to_pydict()
+    samples = samples_from_events(log, 5, item_counts=_table(log), item_values=_values(recent)).to_pydict()
     imp_col, clk_col, recent_col = user_item_count_columns("category")
     events = log.to_pydict()
     users, items = np.array(events["user_id"]), np.array(events["item_id"]).astype(int)
@@ -114,9 +115,9 @@ def test_user_counts_by_item_value_equal_a_brute_force_count_of_strictly_earlier
         same = before & (cat == i % 4)
         assert samples[imp_col][row] == same.sum()
         assert samples[clk_col][row] == labels[same].sum()
-        # the last 4 impressions before the tie group, in the build's order (time, then item id)
+        # the last `recent` impressions before the tie group, in the build's order (time, then item id)
         earlier = np.flatnonzero(before)
-        last = earlier[np.lexsort((items[earlier].astype(str), ts[earlier]))][-4:]
+        last = earlier[np.lexsort((items[earlier].astype(str), ts[earlier]))][-recent:]
         assert samples[recent_col][row] == (cat[last] == i % 4).sum()
         checked_recent += samples[recent_col][row] > 0
     assert checked_recent > 20  # the recent count was non-zero often enough to mean something
