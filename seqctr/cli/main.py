@@ -97,7 +97,11 @@ def config_show(config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
 @data_app.command("generate")
 @user_errors
 def data_generate(
-    out: Path = typer.Option(Path("work/data"), help="Output folder (events/ and items/).", metavar="PATH"),
+    out: Path | None = typer.Option(
+        None,
+        help="Output folder (events/ and items/; default: the folder of data.events and data.items).",
+        metavar="PATH",
+    ),
     users: int | None = typer.Option(None, help="Users (default: data.synthetic.users).", metavar="N"),
     items: int | None = typer.Option(None, help="Items (default: data.synthetic.items).", metavar="N"),
     events: int | None = typer.Option(None, help="Events (default: data.synthetic.events).", metavar="N"),
@@ -114,6 +118,7 @@ def data_generate(
     from seqctr.platform.storage import atomic_write_text
 
     cfg = get_config(config, set_)
+    out = out if out is not None else generate_out(cfg)
     given = {"users": users, "items": items, "events": events, "seed": seed}
     syn = cfg.data.synthetic.model_copy(update={k: v for k, v in given.items() if v is not None})
     syn = type(syn).model_validate(syn.model_dump())
@@ -123,6 +128,20 @@ def data_generate(
     stamp = {"config": syn.model_dump(), "report": {k: v for k, v in report.items() if k != "action"}}
     atomic_write_text(out / "synthetic.json", json.dumps(stamp, default=str))
     echo_json(report)
+
+
+def generate_out(cfg: ExperimentConfig) -> Path:
+    """The folder `data generate` writes by default: the one holding the config's data.events and
+    data.items (the log is written as <out>/events and <out>/items), so the config's next stage reads it."""
+    from seqctr.platform.storage import is_uri
+
+    events, items = Path(cfg.data.events), Path(cfg.data.items)
+    if is_uri(cfg.data.events) or (events.name, items.name, events.parent) != ("events", "items", items.parent):
+        raise ConfigError(
+            f"data generate writes <out>/events and <out>/items, and data.events ({cfg.data.events}) and "
+            f"data.items ({cfg.data.items}) are not such a pair: give --out"
+        )
+    return events.parent
 
 
 @data_app.command("validate")

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from seqctr.cli.main import app
 from seqctr.cli.serve import serve_until_stopped
+from seqctr.platform.config import CONFIGS_DIR, load_config
 
 TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
 TYPE_TAG = re.compile(r"<[a-z][a-z_\[\], ]*>")
@@ -47,6 +48,22 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
 def generate(out: Path, *extra: str):
     args = ["data", "generate", "--config", TINY, "--out", str(out), "--events", "3000", *extra]
     return CliRunner().invoke(app, args)
+
+
+def test_generate_writes_where_the_config_reads_the_log_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    realistic = str(CONFIGS_DIR / "realistic.yaml")
+    sizes = ["--events", "3000", "--set", "data.synthetic.users=200", "--set", "data.synthetic.items=300"]
+    result = CliRunner().invoke(app, ["data", "generate", "--config", realistic, *sizes])
+    assert result.exit_code == 0, result.output
+    cfg = load_config(realistic)
+    assert json.loads(result.output)["events_path"] == str(Path(cfg.data.events).resolve())
+    assert list((tmp_path / cfg.data.events).glob("*.parquet")) and list((tmp_path / cfg.data.items).glob("*.parquet"))
+    assert not (tmp_path / "work" / "data").exists()  # not the default config's folder
+    apart = ["--set", "data.events=logs/clicks", "--set", "data.items=catalogue/items"]
+    refused = CliRunner().invoke(app, ["data", "generate", "--config", realistic, *sizes, *apart])
+    assert refused.exit_code == 2 and "logs/clicks) and data.items (" in refused.output
+    assert "catalogue/items) are not such a pair: give --out" in refused.output
 
 
 def test_generate_keeps_the_same_log_and_refuses_a_different_one_without_force(tmp_path):
