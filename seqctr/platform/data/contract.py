@@ -357,10 +357,13 @@ def check_unique_item_ids(files: list[str]) -> None:
 
     Why: every stage reads an item's columns by id (its text vector, its side columns, its value for
     the counts by category), and a repeated id would let two of them keep different rows."""
+    per_file = [pc.cast(open_parquet(f).read(columns=["item_id"]).column("item_id"), pa.string()) for f in files]
+    every = pa.chunked_array([chunk for ids in per_file for chunk in ids.chunks], pa.string())
+    if pc.count_distinct(every).as_py() == len(every):  # the usual case, vectorised; else find the first repeat
+        return
     seen: dict[str, str] = {}
-    for file in files:
-        ids = open_parquet(file).read(columns=["item_id"]).column("item_id")
-        for row, item_id in enumerate(pc.cast(ids, pa.string()).to_pylist()):
+    for file, ids in zip(files, per_file, strict=True):
+        for row, item_id in enumerate(ids.to_pylist()):
             if item_id in seen:
                 raise DataError(
                     f"{file}: column 'item_id': duplicate id {item_id!r} at row {row} (first seen in {seen[item_id]})"

@@ -187,3 +187,16 @@ def test_bad_items(tmp_path):
     _fails(path, "missing column 'text'", items=True)
     path = _write(tmp_path, pa.table({"item_id": ["a"], "text": [3]}), "e.parquet")
     _fails(path, "column 'text' has type int64, expected string", items=True)
+
+
+def test_an_item_id_repeated_in_another_file_names_both_files(tmp_path):
+    folder = tmp_path / "items"
+    folder.mkdir()
+    pq.write_table(pa.table({"item_id": [1, 2], "text": ["a", "b"]}), folder / "part-0.parquet")
+    pq.write_table(pa.table({"item_id": [3, 2], "text": ["c", "d"]}), folder / "part-1.parquet")
+    first, second = folder / "part-0.parquet", folder / "part-1.parquet"
+    expect = f"{second}: column 'item_id': duplicate id '2' at row 1 (first seen in {first})"
+    with pytest.raises(DataError, match=re.escape(expect)):
+        validate_items(str(folder))
+    pq.write_table(pa.table({"item_id": [3, 4], "text": ["c", "d"]}), second)
+    assert validate_items(str(folder))["rows"] == 4
