@@ -166,7 +166,7 @@ def test_user_counts_by_brand_score_as_the_offline_model_reads_the_build_columns
     log = [  # (user, item, timestamp, label); the candidates are u7's three impressions at t=200
         *[("u7", i, t, y) for i, t, y in [("i1", 100, 0), ("i2", 110, 1), ("i4", 120, 1), ("i1", 130, 0)]],
         *[("u7", i, t, y) for i, t, y in [("i5", 140, 0), ("i4", 150, 0)]],
-        ("u8", "i4", 105, 1),  # another user's click counts for nobody else
+        ("u8", "i4", 105, 1),  # another user's click: never in u7's counts
         *[("u7", c, 200, 0) for c in CANDIDATES],
     ]
     user, item, ts, label = (list(column) for column in zip(*log, strict=True))
