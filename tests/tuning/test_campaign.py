@@ -94,6 +94,24 @@ def test_campaign_registers_and_promotes_its_best_trial(ray_session, tmp_path):
         run_campaign(cfg)
 
 
+def test_a_trial_that_turns_the_user_id_on_trains_its_user_bias(ray_session, tmp_path):
+    """The base has data.features.user_id off; a trial with it on must read real user buckets from the
+    shared datasets: its wide part's user table (all zeros at the start) learns many rows, not just the
+    missing bucket's."""
+    from seqctr.platform.model.predictor import load_model
+
+    space = {"data.features.user_id": {"choice": [True]}}
+    overrides = {"tune.campaign": "users", "tune.space": space, "train.epochs": 1}
+    cfg = resolve_paths(load_config(CONFIGS / "tiny.yaml").with_overrides(overrides), tmp_path)
+    assert not cfg.data.features.user_id
+    generate_synthetic(cfg.data.synthetic, tmp_path / "work" / "data")
+    summary = run_campaign(cfg, num_samples=1, register=False)
+    model = load_model(summary["best_checkpoint"]).model
+    assert model.wide is not None and model.wide.user is not None
+    learned = (model.wide.user.weight.detach().abs().sum(dim=1) > 0).sum().item()
+    assert learned > 20  # the tiny log has 100 users
+
+
 def test_finished_run_metrics_only_for_runs_that_reached_their_end(tmp_path):
     import json
 

@@ -222,10 +222,10 @@ def user_value_counts(
     # The last `recent` impressions before row i's tie group are rows [lo, tie_start) of its user; those
     # sharing i's value are the rows of i's (user, value) group in that range: two binary searches in
     # the groups' sorted (group, row) keys, so the cost is O(n log n) whatever `recent` is.
-    group = np.cumsum(new_group) - 1  # (n,) each sorted row's (user, value) group
-    keys = group * (n + 1) + order  # ascending: groups in order, rows in time order inside each
+    group_base = (np.cumsum(new_group) - 1) * (n + 1)  # (n,) each sorted row's (user, value) group, scaled
+    keys = group_base + order  # ascending: groups in order, rows in time order inside each
     base = np.empty(n, np.int64)
-    base[order] = group * (n + 1)
+    base[order] = group_base
     lo = np.maximum(user_start, tie_start - recent)
     out[:, 2] = np.searchsorted(keys, base + tie_start) - np.searchsorted(keys, base + lo)
     out[values == 0] = 0  # a null value (or an item the table lacks) counts nothing
