@@ -617,6 +617,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     parser.add_argument("--work-dir", default=None, help="default: a temp dir; reuses data built there")
     parser.add_argument("--quick", action="store_true", help=f"toy sizes: {QUICK_EVENTS} events, 1 epoch, one L2")
+    parser.add_argument(
+        "--log",
+        action="store_true",
+        help="the config's data.events / data.items are a real log (bench/movielens.py): used as they are, "
+        "nothing generated (no oracle, no lift)",
+    )
     args = parser.parse_args(argv)
     models = args.models.split(",")
     unknown = sorted(set(models) - set(MODELS))
@@ -639,7 +645,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sizes |= {"train.epochs": 1, "train.patience": 1}
     cfg = cfg.with_overrides(sizes)
     init_ray()
-    _generate(cfg)
+    if not args.log:
+        _generate(cfg)
     ensure_samples(cfg)
     started = time.perf_counter()
     tables = {s: read_split(cfg.data.samples, s) for s in ("train", "val", "test")}
@@ -680,9 +687,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({k: round(float(v), 4) if isinstance(v, float) else v for k, v in row.items()})
         log(f"{rows[-1]}")
     s = cfg.data.synthetic
+    log_size = (
+        f"the log at {cfg.data.events}"
+        if args.log
+        else f"{s.events} events, {s.users} users, {s.items} items, {s.categories} categories ({s.profile} profile)"
+    )
     header = (
-        f"{' '.join([args.config, *args.overrides])}: {s.events} events, {s.users} users, {s.items} items, "
-        f"{s.categories} categories ({s.profile} profile); train/val/test = "
+        f"{' '.join([args.config, *args.overrides])}: {log_size}; train/val/test = "
         f"{counts['train']}/{counts['val']}/{counts['test']}"
     )
     if side != SideSpec():
