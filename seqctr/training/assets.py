@@ -74,7 +74,10 @@ def read_item_columns(items_path: str, names: list[str]) -> tuple[list[str], dic
     for file in list_parquet_files(items_path):
         missing = [n for n in names if n not in open_parquet(file).schema_arrow.names]
         if missing:
-            raise DataError(f"{file}: column {missing[0]!r} (data.features.item) is missing")
+            raise DataError(
+                f"{file}: column {missing[0]!r} (data.features.item) is missing; for a table without it, leave it "
+                "out of data.features.item and data.features.user_item_counts (the default config reads category)"
+            )
         table = pq.read_table(file, columns=["item_id", *names])
         ids += [str(x) for x in table.column("item_id").to_pylist()]
         for name in names:

@@ -108,3 +108,54 @@ def test_side_features_reach_every_design(tmp_path):
         "user_category_recent_log",
         "user_category_recent_share",
     }
+
+
+def test_log_mode_reads_a_real_log_as_it_is(ray_session, tmp_path):
+    """--log: the config's log is used as it is (bench/movielens.py's output here, from random ratings):
+    nothing is generated over it, and without p_true there is no oracle or lift."""
+    import movielens
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    genre = {g: (rng.random(40) < 0.3).astype(np.int64) for g in movielens.GENRES}
+    tables = {
+        "data": pa.table(
+            {
+                "user_id": rng.integers(1, 61, n),
+                "movie_id": rng.integers(1, 41, n),
+                "rating": rng.integers(1, 6, n),
+                "timestamp": 880_000_000 + np.sort(rng.integers(0, 10**7, n)),
+            }
+        ),
+        "items": pa.table(
+            {
+                "movie_id": np.arange(1, 41),
+                "movie_title": [f"Film {i}" for i in range(40)],
+                "release_date": [None] * 40,
+                **genre,
+            }
+        ),
+        "users": pa.table(
+            {
+                "user_id": np.arange(1, 61),
+                "age": rng.integers(18, 70, 60),
+                "gender": ["F", "M"] * 30,
+                "occupation": ["x"] * 60,
+            }
+        ),
+    }
+    events, items = movielens.convert(tables)
+    data = tmp_path / "ml"
+    for name, table in (("events", events), ("items", items)):
+        (data / name).mkdir(parents=True)
+        pq.write_table(table, data / name / "part-0.parquet")
+    before = pq.read_table(data / "events")
+    argv = ["--quick", "--log", "--config", str(CONFIGS_DIR / "tiny.yaml"), "--work-dir", str(tmp_path / "w")]
+    argv += ["--models", "popularity,logreg", "--set", f"data.events={data / 'events'}"]
+    out = peers.main(argv + ["--set", f"data.items={data / 'items'}", "--set", "data.features.counts=true"])
+    assert pq.read_table(data / "events").equals(before) and not (data / "synthetic.json").exists()
+    assert math.isnan(out["oracle_auc"]) and "the log at" in out["header"]
+    for row in out["rows"]:
+        assert 0.0 <= row["auc"] <= 1.0 and math.isnan(row["lift"]), row

@@ -89,7 +89,10 @@ def test_lr_scaling_only_when_asked():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.features.counts=true", "data.features.user_item_counts=[category]"], "must be a categorical column"),
+        (
+            ["data.features.counts=true", "data.features.item=[]", "data.features.user_item_counts=[category]"],
+            "must be a categorical column",
+        ),
         (
             [
                 "data.features.counts=true",
@@ -99,7 +102,11 @@ def test_lr_scaling_only_when_asked():
             "must be a categorical column",
         ),
         (
-            ["data.features.item=[{name: category, kind: categorical}]", "data.features.user_item_counts=[category]"],
+            [
+                "data.features.counts=false",
+                "data.features.item=[{name: category, kind: categorical}]",
+                "data.features.user_item_counts=[category]",
+            ],
             "needs data.features.counts: true",
         ),
     ],

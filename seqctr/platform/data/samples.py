@@ -459,7 +459,10 @@ def _item_values(items_path: str, names: tuple[str, ...], recent: int) -> ItemVa
         parquet = open_parquet(file)
         missing = [n for n in names if n not in parquet.schema_arrow.names]
         if missing:
-            raise DataError(f"{file}: column {missing[0]!r} (data.features.user_item_counts) is missing")
+            raise DataError(
+                f"{file}: column {missing[0]!r} (data.features.user_item_counts) is missing; for a table without it, "
+                "leave it out of the config (--set data.features.user_item_counts=[])"
+            )
         for batch in parquet.iter_batches(columns=["item_id", *names], batch_size=65_536):
             ids.append(pc.cast(batch.column("item_id"), pa.string()))
             for name in names:
