@@ -72,7 +72,8 @@ class FeatureSpec(_Section):
 
 
 class FeaturesConfig(_Section):
-    """Signal beyond histories and texts, as real CTR logs carry it (all off by default)."""
+    """Signal beyond histories and texts, as real CTR logs carry it (all off unless declared;
+    configs/default.yaml declares the item category and the counts)."""
 
     event: list[FeatureSpec] = Field(
         default_factory=list, description="Context columns of the events (e.g. device, hour), per sample."
