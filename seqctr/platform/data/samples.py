@@ -461,7 +461,8 @@ def _item_values(items_path: str, names: tuple[str, ...], recent: int) -> ItemVa
         if missing:
             raise DataError(
                 f"{file}: column {missing[0]!r} (data.features.user_item_counts) is missing; for a table without it, "
-                "leave it out of the config (--set data.features.user_item_counts=[])"
+                "leave it out of data.features.user_item_counts and data.features.item (the default config reads "
+                "category: --set data.features.item=[] --set data.features.user_item_counts=[])"
             )
         for batch in parquet.iter_batches(columns=["item_id", *names], batch_size=65_536):
             ids.append(pc.cast(batch.column("item_id"), pa.string()))
