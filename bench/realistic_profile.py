@@ -12,7 +12,15 @@ ceiling of the session intent on the test split (`intent_from_impressions`): the
 every other family exactly and read the intent from the user's interests alone, or from the categories of
 the last 10 impressions too (an approximate posterior: no session boundaries, no labels). The gap between
 the two estimates what reading the impressions adds to the intent when all else is known; the gap from the
-second to a trained model is mostly the estimation of everything else.
+second to a trained model is mostly the estimation of everything else. Last, the reachable ceiling
+(`reachable_ceiling`): every item and context effect exact, the user's bias, interests and intent learned
+from their earlier events as any model here sees them. It bounds what a trained model can reach.
+
+Measured 2026-12-03 (configs/realistic.yaml's sizes; test split):
+    seed 0: oracle 0.8528, intent from 10 impressions 0.8375, reachable 0.8167 (0.898 of the oracle's lift)
+    seed 1: oracle 0.8627, intent from 10 impressions 0.8477, reachable 0.8289 (0.907 of the oracle's lift)
+So on this profile the lift bar of issue #15 (0.9) is what a model reaches when it is handed every item
+and context effect exactly; no model that has to learn them from 240k rows can reach it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import tempfile
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqctr.platform.config import SyntheticConfig
@@ -32,8 +41,72 @@ from seqctr.platform.data.synthetic import (
     generate_synthetic,
     intent_from_impressions,
     oracle_auc,
+    realistic_process,
 )
 from seqctr.platform.model.metrics import auc
+
+
+def _earlier_sums(key: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(N, K) per row, the sums of `values` (N, K) over the earlier rows with the same `key`; rows are
+    already in time order, so "earlier" is "before in the array" (strictly: the row's own is left out)."""
+    order = np.argsort(key, kind="stable")
+    v = values[order]
+    total = np.cumsum(v, axis=0) - v
+    first = np.r_[0, np.flatnonzero(np.diff(key[order])) + 1]
+    start = np.repeat(total[first], np.diff(np.r_[first, len(key)]), axis=0)
+    out = np.empty_like(total)
+    out[order] = total - start
+    return out
+
+
+def reachable_ceiling(cfg: SyntheticConfig, events: pa.Table, items: pa.Table, recent: int = 10) -> dict:
+    """Test AUC of a model that knew every item and context effect exactly (item, brand, price, hour,
+    device) and learned the user's part (bias, interests, session intent) from what any model of the
+    platform can see: the user's strictly earlier impressions and clicks, overall and in the target's
+    category, their expected clicks under the known effects, and the categories of the last `recent`
+    impressions. A gradient-boosted model learns the map from those to the click on the train split
+    (early stopping on val), so it is near the best that reading a user's past can do. Why: the oracle
+    knows each user's bias and interests outright, which no model can for a user with a short past;
+    this is an upper bound of what a trained model can reach (it still has to estimate the item and
+    context effects), so a bar above it cannot be met. `interests_exact` also gives the exact interest
+    weights and the intent posterior (`intent_from_impressions`), leaving only the bias to learn."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    fam = family_logits(cfg, events)
+    known = sum(fam[name] for name in ("item", "brand", "price", "hour", "device"))
+    bias = realistic_process(cfg).bias
+    cat_of = dict(zip(items["item_id"].to_pylist(), items["category"].to_pylist(), strict=True))
+    cats = np.unique(list(cat_of.values()), return_inverse=True)[1]
+    cat_index = dict(zip(cat_of, cats, strict=True))
+    cat = np.array([cat_index[i] for i in events["item_id"].to_pylist()])
+    user = np.unique(events["user_id"].to_numpy(zero_copy_only=False), return_inverse=True)[1]
+    ts, y = events["timestamp"].to_numpy(), events["label"].to_numpy().astype(np.float64)
+    order = np.lexsort((np.arange(len(ts)), ts))  # time order; ties in row order
+    user, cat, known, y, ts = user[order], cat[order], known[order], y[order], ts[order]
+    expected = 1 / (1 + np.exp(-(bias + known)))
+    stats = np.stack([np.ones_like(y), y, expected], axis=1)  # impressions, clicks, expected clicks
+    by_user = _earlier_sums(user, stats)
+    by_user_cat = _earlier_sums(user * cfg.categories + cat, stats)
+    # how many of the user's last `recent` impressions had the target's category (rows per user in time order)
+    u_order = np.argsort(user, kind="stable")
+    u_sorted, c_sorted = user[u_order], cat[u_order]
+    same = np.zeros(len(y))
+    for lag in range(1, recent + 1):
+        hit = np.zeros(len(y))
+        hit[lag:] = (u_sorted[lag:] == u_sorted[:-lag]) & (c_sorted[lag:] == c_sorted[:-lag])
+        same += hit
+    recent_same = np.empty(len(y))
+    recent_same[u_order] = same
+    x = np.column_stack([known, by_user, by_user_cat, recent_same])
+    affinity = intent_from_impressions(cfg, events, recent)[order]
+    cut = np.sort(ts)[[int(0.8 * len(ts)), int(0.9 * len(ts))]]
+    train, val, test = ts < cut[0], (ts >= cut[0]) & (ts < cut[1]), ts >= cut[1]
+    out = {}
+    for name, features in (("learned", x), ("interests_exact", np.column_stack([x, affinity]))):
+        model = HistGradientBoostingClassifier(max_iter=1000, learning_rate=0.05, early_stopping=True, random_state=0)
+        model.fit(features[train], y[train], X_val=features[val], y_val=y[val])
+        out[f"user_{name}_auc_test"] = auc(y[test], model.predict_proba(features[test])[:, 1])
+    return out
 
 
 def profile_figures(cfg: SyntheticConfig) -> dict:
@@ -42,6 +115,7 @@ def profile_figures(cfg: SyntheticConfig) -> dict:
         report = generate_synthetic(cfg, tmp)
         seconds = time.perf_counter() - t0
         events = pq.read_table(report["events_path"])
+        items = pq.read_table(report["items_path"], columns=["item_id", "category"])
         oracle = oracle_auc(report["events_path"])
     users = events["user_id"].to_numpy(zero_copy_only=False)
     ts, y = events["timestamp"].to_numpy(), events["label"].to_numpy()
@@ -69,6 +143,7 @@ def profile_figures(cfg: SyntheticConfig) -> dict:
         f"intent_from_{k}_impressions_auc_test": auc(y[test], (others + intent_from_impressions(cfg, events, k))[test])
         for k in (0, 10)
     }
+    ceiling |= reachable_ceiling(cfg, events, items)
     return {
         "events": cfg.events,
         "users": int(len(counts)),
@@ -134,6 +209,11 @@ def main() -> None:
         f"test split: oracle AUC {r['oracle_auc_test']:.4f}; with every family exact but the session intent, "
         f"read from the user's interests alone {c['intent_from_0_impressions_auc_test']:.4f}, "
         f"from the last 10 impressions too {c['intent_from_10_impressions_auc_test']:.4f}"
+    )
+    print(
+        "test split, item and context effects exact, the user's part learned from their earlier events "
+        f"(gradient boosting): {c['user_learned_auc_test']:.4f}; with the interests exact too "
+        f"{c['user_interests_exact_auc_test']:.4f}"
     )
     print(f"{'family':10s} {'sd':>6s} {'alone':>7s} {'without':>8s} {'alone, unseen test':>19s}")
     for name, f in r["families"].items():
