@@ -29,8 +29,10 @@ def test_quick_run_has_a_row_per_model(ray_session, tmp_path, capsys):
         assert 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["gauc"] <= 1.0, row
         assert row["logloss"] > 0 and row["seconds"] >= 0 and math.isfinite(row["lift"]), row
     assert 0.5 < out["oracle_auc"] <= 1.0
+    assert math.isnan(out["reachable_auc"])  # the reachable ceiling is the realistic profile's
     printed = capsys.readouterr().out
     assert "oracle AUC" in printed and all(name in printed for name in peers.MODELS)
+    assert "reachable AUC" not in printed and "reach " not in printed
     assert (tmp_path / "peers.json").is_file()
 
 
@@ -46,9 +48,10 @@ REALISTIC = [
 ]
 
 
-def test_quick_run_reads_the_side_features(ray_session, tmp_path):
+def test_quick_run_reads_the_side_features(ray_session, tmp_path, capsys):
     """The realistic profile with data.features: the peers read the declared side and count columns
-    (seqctr's own training with features is tests/training's; left out here to keep this quick)."""
+    (seqctr's own training with features is tests/training's; left out here to keep this quick), and
+    the table gives the reachable ceiling and each model's share of its lift."""
     models = [m for m in peers.MODELS if m != "seqctr"]
     argv = ["--quick", "--config", str(CONFIGS_DIR / "tiny.yaml"), "--work-dir", str(tmp_path), "--events", "6000"]
     out = peers.main(argv + ["--models", ",".join(models)] + [a for o in REALISTIC for a in ("--set", o)])
@@ -58,6 +61,9 @@ def test_quick_run_reads_the_side_features(ray_session, tmp_path):
     for row in rows.values():
         if not row.get("unavailable"):
             assert 0.0 <= row["auc"] <= 1.0 and math.isfinite(row["lift"]), row
+    assert 0.5 < out["reachable_auc"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "reachable AUC" in printed and "reach " in printed
 
 
 def test_side_features_reach_every_design(tmp_path):
