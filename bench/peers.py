@@ -631,7 +631,8 @@ def reachable_auc(cfg: Any) -> float:
     """The realistic log's reachable ceiling (bench/realistic_profile.py: every item and context effect
     exact, the user's part learned from their earlier events), or NaN for another profile. Why: the
     oracle knows each user's bias and interests outright, which no model can for a user with a short
-    past; `reach` = (AUC - 0.5) / (reachable - 0.5) is how much of what can be had a model gets."""
+    past; `reach` = (AUC - 0.5) / (reachable - 0.5) is how much of what can be had a model gets. Scored on
+    the log's last 10% by time, the build's test split up to ties at the cut."""
     if cfg.data.synthetic.profile != "realistic":
         return float("nan")
     import pyarrow.parquet as pq
